@@ -1,0 +1,70 @@
+"""A progress bar per epoch (only on a terminal) and the article's results table, a row an epoch."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from fmnist.callbacks.base import Callback, RunState
+
+log = logging.getLogger("fmnist")
+
+COLUMNS = (
+    ("epoch", "{:>5}", "{:>5d}"),
+    ("loss", "{:>8}", "{:>8.4f}"),
+    ("accuracy", "{:>8}", "{:>8.4f}"),
+    ("test_loss", "{:>9}", "{:>9.4f}"),
+    ("test_accuracy", "{:>13}", "{:>13.4f}"),
+    ("epoch_duration", "{:>14}", "{:>13.1f}s"),
+    ("run_duration", "{:>12}", "{:>11.1f}s"),
+)
+
+
+class ProgressCallback(Callback):
+    def __init__(self, bar: bool | None = None, refresh_batches: int = 20):
+        self.bar_enabled = sys.stderr.isatty() if bar is None else bar  # quiet in logs and CI
+        self.refresh_batches = refresh_batches  # reading device sums costs a sync on GPU
+        self.bar: tqdm | None = None
+        self._header_done = False
+
+    def on_epoch_start(self, state: RunState) -> None:
+        if self.bar_enabled:
+            total = len(state.data.train)
+            if state.cfg.limit_train_batches:
+                total = min(total, state.cfg.limit_train_batches)
+            self.bar = tqdm(
+                total=total, desc=f"epoch {state.epoch}/{state.cfg.epochs}", leave=False,
+                dynamic_ncols=True, unit="batch",
+            )  # fmt: skip
+
+    def on_batch_end(self, state: RunState, batch_idx: int) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if batch_idx % self.refresh_batches == 0 and state.running_seen:
+            self.bar.set_postfix(
+                loss=f"{state.running_loss.item() / state.running_seen:.4f}",
+                acc=f"{state.running_correct.item() / state.running_seen:.4f}",
+                refresh=False,
+            )
+
+    def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        columns = [c for c in COLUMNS if c[0] in row]
+        extra = [k for k in ("val_accuracy",) if k in row]
+        if not self._header_done:
+            log.info("%s", " ".join(h.format(name) for name, h, _ in columns + [(k, "{:>12}", "") for k in extra]))
+            self._header_done = True
+        cells = [fmt.format(row[name]) for name, _, fmt in columns]
+        cells += [f"{row[k]:>12.4f}" for k in extra]
+        log.info("%s", " ".join(cells))
+
+    def on_exception(self, state: RunState, exc: BaseException) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

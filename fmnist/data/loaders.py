@@ -1,0 +1,158 @@
+"""Batches for training and evaluation: the fast in-memory path and the article's DataLoader.
+
+Both give the same batches: a new shuffle each epoch from a generator seeded by (seed, epoch),
+the data set order when `shuffle=false`, the last partial batch kept, pixels / 255 like ToTensor.
+Seeding by epoch (not by a running generator) is what lets a resumed run see the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from fmnist.data.augment import Augment
+from fmnist.data.tensors import load_tensors
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded train/validation split of range(n): (train indices, val indices), disjoint."""
+    if val_size == 0:
+        return torch.arange(n), torch.arange(0)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+class MemoryLoader:
+    """Batches by indexing a uint8 tensor that lives on the training device."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: Augment | None = None,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+    ):
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.augment = augment if augment and augment.active else None
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        gen = epoch_generator(self.seed, epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                x, y = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size].to(self.images.device)
+                x, y = self.images[idx], self.labels[idx]
+            x = x.unsqueeze(1).float().div_(255)
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+
+class TorchvisionLoader:
+    """The article's path: FashionMNIST + ToTensor (a PIL image per sample) + DataLoader."""
+
+    def __init__(
+        self,
+        root: str,
+        train: bool,
+        indices: torch.Tensor | None,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: Augment | None = None,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        num_workers: int = 0,
+    ):
+        from torchvision import datasets, transforms
+
+        dataset = datasets.FashionMNIST(root, train=train, transform=transforms.ToTensor())
+        if indices is not None and len(indices) != len(dataset):
+            dataset = torch.utils.data.Subset(dataset, indices.tolist())
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.augment = augment if augment and augment.active else None
+        self.device, self.channels_last, self.num_workers = device, channels_last, num_workers
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        gen = epoch_generator(self.seed, epoch)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            generator=gen,
+            num_workers=self.num_workers,
+        )
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+
+@dataclass
+class FashionMNISTData:
+    train: MemoryLoader | TorchvisionLoader
+    val: MemoryLoader | TorchvisionLoader | None
+    test: MemoryLoader | TorchvisionLoader
+
+
+def build_data(
+    cfg: DictConfig, batch_size: int, shuffle: bool, seed: int, device: torch.device, channels_last: bool
+) -> FashionMNISTData:
+    """The three loaders a run needs, from the `data` config group."""
+    tensors = load_tensors(cfg.root, download=cfg.download)  # checks files, builds the cache
+    train_idx, val_idx = split_indices(len(tensors["train_labels"]), cfg.val_size, cfg.split_seed)
+    augment = Augment(**cfg.augment)
+    common = {"device": device, "channels_last": channels_last}
+    if str(cfg.loader.value if hasattr(cfg.loader, "value") else cfg.loader) == "torchvision":
+        def make(train: bool, idx, bs, shuf, aug=None):  # noqa: ANN001, ANN202
+            return TorchvisionLoader(cfg.root, train, idx, bs, shuf, seed, aug, **common)
+    else:
+        def make(train: bool, idx, bs, shuf, aug=None):  # noqa: ANN001, ANN202
+            prefix = "train" if train else "test"
+            images, labels = tensors[f"{prefix}_images"], tensors[f"{prefix}_labels"]
+            if idx is not None:
+                images, labels = images[idx], labels[idx]
+            return MemoryLoader(images, labels, bs, shuf, seed, aug, **common)
+
+    return FashionMNISTData(
+        train=make(True, train_idx, batch_size, shuffle, augment),
+        val=make(True, val_idx, cfg.eval_batch_size, False) if cfg.val_size else None,
+        test=make(False, None, cfg.eval_batch_size, False),
+    )

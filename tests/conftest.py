@@ -1,0 +1,51 @@
+"""Shared fixtures: composed configs (Hydra's compose API) and the real data set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+import fmnist.config  # noqa: F401  (registers the schema and resolvers)
+from fmnist.data import ensure_data
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+DATA = Path(os.environ.get("FMNIST_DATA", ROOT / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real Fashion-MNIST, prepared once (Debian files, torchvision or apt-get)."""
+    ensure_data(DATA)
+    return DATA
+
+
+def compose_cfg(overrides: list[str] | None = None, data_root: Path = DATA) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"data.root={data_root}", *(overrides or [])])
+
+
+@pytest.fixture
+def cfg_quick(data_root: Path) -> DictConfig:
+    """A default config cut to a few batches, for in-process runs."""
+    return compose_cfg(["epochs=2", "limit_train_batches=3", "limit_test_batches=2",
+                        "callbacks.progress.bar=false"], data_root)  # fmt: skip
+
+
+def run_train(args: list[str], cwd: Path, timeout: float = 300, check: bool = True,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`python train.py ARGS` in a subprocess, as a user types it (from `cwd`)."""
+    full_env = {**os.environ, "FMNIST_DATA": str(DATA), "PYTHONUNBUFFERED": "1", **(env or {})}
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if check and done.returncode != 0:
+        raise AssertionError(f"train.py {args} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done

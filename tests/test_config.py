@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from fmnist.config import ConfigError, validate
+from tests.conftest import CONF, compose_cfg
+
+
+def test_default_config_has_the_articles_hyperparameters():
+    cfg = compose_cfg()
+    assert (cfg.lr, cfg.batch_size, cfg.shuffle, cfg.epochs, cfg.device) == (0.01, 100, True, 5, "auto")
+    assert cfg.model._target_.endswith("SeedCNN")
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.01
+    assert set(cfg.callbacks) == {"tensorboard", "results", "checkpoint", "progress"}
+    validate(cfg)
+
+
+@pytest.mark.parametrize("group", ["model", "optimizer", "scheduler", "callbacks", "experiment"])
+def test_every_option_of_every_group_composes(group):
+    options = sorted((CONF / group).glob("*.yaml"))
+    assert options, f"conf/{group}/ is empty"
+    for path in options:
+        cfg = compose_cfg([f"{group}={path.stem}"])
+        validate(cfg)
+
+
+def test_optimizer_follows_top_level_lr():
+    assert compose_cfg(["lr=0.001", "optimizer=sgd"]).optimizer.lr == 0.001
+
+
+@pytest.mark.parametrize(
+    "override", ["lr=abc", "batch_size=abc", "shuffle=maybe", "epochs=1.5", "data.loader=fast", "lrr=0.1"]
+)
+def test_wrong_types_and_unknown_keys_fail_at_composition(override):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as info:
+        compose_cfg([override])
+    assert override.split("=")[0] in str(info.value) + str(info.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("lr=0", "lr"), ("lr=-1", "lr"), ("batch_size=0", "batch_size"), ("epochs=0", "epochs"),
+     ("device=tpu", "device"), ("data.val_size=60000", "data.val_size"),
+     ("limit_train_batches=0", "limit_train_batches")],  # fmt: skip
+)
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        validate(compose_cfg([override]))
+
+
+def test_unknown_group_option_lists_the_choices():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(["model=nope"])
+    assert "seed_cnn" in str(info.value)
+
+
+def test_article_sweep_yaml_is_the_articles_grid():
+    cfg = compose_cfg(["+sweep=article"])
+    from hydra.core.hydra_config import HydraConfig  # noqa: F401
+
+    text = (CONF / "sweep" / "article.yaml").read_text()
+    assert "lr: 0.01,0.001" in text and "batch_size: 100,1000" in text and "shuffle: true,false" in text
+    assert cfg.lr == 0.01  # composes as a normal config; the sweeper expands the grid
+
+
+def test_data_root_from_environment(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("FMNIST_DATA", str(tmp_path))
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        assert compose(config_name="train").data.root == str(tmp_path)

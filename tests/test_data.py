@@ -1,0 +1,128 @@
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import datasets, transforms
+
+from fmnist.data import files
+from fmnist.data.files import FILES, DataError, ensure_data, raw_dir
+from fmnist.data.loaders import MemoryLoader, TorchvisionLoader, split_indices
+from fmnist.data.tensors import load_tensors
+
+
+def test_real_data_is_checked(data_root):
+    tensors = load_tensors(data_root)
+    assert tensors["train_images"].shape == (60000, 28, 28)
+    assert tensors["test_images"].shape == (10000, 28, 28)
+    assert tensors["train_images"].dtype == torch.uint8
+    assert sorted(tensors["train_labels"].unique().tolist()) == list(range(10))
+    assert torch.bincount(tensors["test_labels"]).tolist() == [1000] * 10
+
+
+def _copy_raw(data_root: Path, dest: Path) -> Path:
+    raw = raw_dir(dest)
+    raw.mkdir(parents=True)
+    for spec in FILES:
+        shutil.copy(raw_dir(data_root) / spec.name, raw / spec.name)
+    return raw
+
+
+def test_truncated_file_is_a_one_line_error(data_root, tmp_path):
+    raw = _copy_raw(data_root, tmp_path)
+    path = raw / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError) as info:
+        load_tensors(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "truncated" in message and "make data" in message
+
+
+def test_bad_header_and_corrupt_content_are_errors(data_root, tmp_path):
+    raw = _copy_raw(data_root, tmp_path)
+    labels = raw / "t10k-labels-idx1-ubyte"
+    blob = bytearray(labels.read_bytes())
+    blob[3] = 0x99  # magic number
+    labels.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="bad IDX header"):
+        load_tensors(tmp_path)
+    blob[3] = 0x01
+    blob[500] ^= 0xFF  # one label flipped: size and header fine
+    labels.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="corrupt"):
+        load_tensors(tmp_path)
+
+
+def test_debian_files_are_decompressed(data_root, tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for spec in FILES:  # recompressed like Debian's (so torchvision's md5 would not match)
+        with (raw_dir(data_root) / spec.name).open("rb") as fin, gzip.open(debian / f"{spec.name}.gz", "wb", compresslevel=1) as fout:
+            shutil.copyfileobj(fin, fout)
+    monkeypatch.setattr(files, "DEBIAN_DIR", debian)
+    root = tmp_path / "root"
+    ensure_data(root, download=False)
+    assert all((raw_dir(root) / spec.name).stat().st_size == spec.size for spec in FILES)
+
+
+def test_missing_everywhere_names_every_way(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "DEBIAN_DIR", tmp_path / "nowhere")
+    with pytest.raises(DataError) as info:
+        ensure_data(tmp_path / "root", download=False)
+    message = str(info.value)
+    for way in ("apt-get install dataset-fashion-mnist", "torchvision", "data.root", "FMNIST_DATA"):
+        assert way in message
+
+
+def test_two_processes_preparing_at_once_do_not_corrupt(tmp_path):
+    code = ("import sys; from fmnist.data.tensors import load_tensors; "
+            "t = load_tensors(sys.argv[1]); print(len(t['train_labels']))")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs == ["60000", "60000"]
+    for spec in FILES:
+        files.check_file(raw_dir(tmp_path) / spec.name, spec, tmp_path)
+    assert not list(raw_dir(tmp_path).glob("*.part"))
+
+
+def test_memory_loader_matches_totensor_dataloader(data_root):
+    tensors = load_tensors(data_root)
+    mem = MemoryLoader(tensors["test_images"], tensors["test_labels"], batch_size=1000)
+    tv = TorchvisionLoader(str(data_root), train=False, indices=None, batch_size=1000)
+    for (xm, ym), (xt, yt) in zip(mem.epoch(0), tv.epoch(0), strict=True):
+        assert torch.equal(xm, xt) and torch.equal(ym, yt)  # identical to ToTensor: pixels / 255
+    ref = transforms.ToTensor()(datasets.FashionMNIST(str(data_root), train=False)[0][0])
+    assert torch.equal(next(mem.epoch(0))[0][0], ref)
+
+
+def test_shuffled_epochs_are_seeded_permutations_with_partial_last_batch(data_root):
+    tensors = load_tensors(data_root)
+    images, labels = tensors["test_images"][:250], tensors["test_labels"][:250]
+    loader = MemoryLoader(images, labels, batch_size=100, shuffle=True, seed=3)
+    tv = TorchvisionLoader(str(data_root), train=False, indices=torch.arange(250), batch_size=100, shuffle=True, seed=3)
+    e1 = [x for x, _ in loader.epoch(1)]
+    assert [len(x) for x in e1] == [100, 100, 50]
+    key = lambda xs: sorted(map(bytes, (torch.cat(xs) * 255).round().to(torch.uint8).flatten(1).numpy()))  # noqa: E731
+    assert key(e1) == key([x for x, _ in tv.epoch(1)])  # same multiset as the DataLoader path
+    assert key(e1) == key([images.unsqueeze(1).float() / 255])
+    assert torch.equal(torch.cat(e1), torch.cat([x for x, _ in loader.epoch(1)]))  # seeded
+    assert not torch.equal(torch.cat(e1), torch.cat([x for x, _ in loader.epoch(2)]))  # new each epoch
+
+
+def test_validation_split_is_disjoint_and_stable():
+    train, val = split_indices(60000, 5000, split_seed=0)
+    assert len(train) == 55000 and len(val) == 5000
+    assert not set(train.tolist()) & set(val.tolist())
+    assert torch.equal(val, split_indices(60000, 5000, split_seed=0)[1])
+    assert not torch.equal(val, split_indices(60000, 5000, split_seed=1)[1])
+
+
+def test_prepare_command_reports_ready(data_root):
+    done = subprocess.run([sys.executable, "-m", "fmnist.data.prepare", "--root", str(data_root)],
+                          capture_output=True, text=True, env={**os.environ})  # fmt: skip
+    assert done.returncode == 0 and "60,000 train and 10,000 test images" in done.stdout

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from fmnist.models import count_parameters
+from fmnist.models.bn_cnn import BNCNN
+from fmnist.models.resnet import ResNet
+from fmnist.models.seed_cnn import SeedCNN
+
+
+def test_seed_cnn_is_the_articles_network():
+    net = SeedCNN()
+    shapes = {name: tuple(p.shape) for name, p in net.named_parameters()}
+    assert shapes == {
+        "conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,),
+        "conv2.weight": (12, 6, 5, 5), "conv2.bias": (12,),
+        "fc1.weight": (120, 192), "fc1.bias": (120,),
+        "fc2.weight": (60, 120), "fc2.bias": (60,),
+        "out.weight": (10, 60), "out.bias": (10,),
+    }  # fmt: skip
+    assert count_parameters(net) == 156 + 1812 + 23160 + 7260 + 610 == 32998
+
+
+@pytest.mark.parametrize(
+    ("model", "low", "high"),
+    [(SeedCNN(), 32998, 32998), (BNCNN(), 300_000, 500_000), (ResNet(), 500_000, 1_500_000)],
+    ids=["seed_cnn", "bn_cnn", "resnet"],
+)
+def test_models_shape_backward_and_size(model, low, high):
+    x = torch.rand(4, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (4, 10)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert low <= count_parameters(model) <= high
