@@ -117,6 +117,8 @@ def summarize(path: str | Path, sort: str = "best_test_accuracy", top: int | Non
         rows.append(row)
         curves[r["run"]] = [(h["epoch"], h["test_accuracy"]) for h in history]
     table = pd.DataFrame(rows)
+    for column in ("best_epoch", "epochs"):
+        table[column] = table[column].astype("Int64")  # stays integer beside failed runs
     if sort not in table.columns:
         raise ValueError(f"--sort {sort}: not a column; choose one of {', '.join(table.columns)}")
     ascending = sort in ("train_loss", "duration_s", "run")
@@ -127,11 +129,17 @@ def summarize(path: str | Path, sort: str = "best_test_accuracy", top: int | Non
     return Summary(root=root, table=table, constants=constants, varying=varying, epochs=curves)
 
 
-def _fmt(value: Any) -> str:
+METRIC_FORMATS = {"accuracy": "{:.4f}", "loss": "{:.4f}", "duration_s": "{:.1f}"}
+
+
+def _fmt(value: Any, column: str = "") -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        for suffix, fmt in METRIC_FORMATS.items():
+            if column.endswith(suffix):
+                return fmt.format(value)
+        return f"{value:g}"  # hyperparameters as typed: 0.001, 1e+12, 100
     return str(value)
 
 
@@ -139,10 +147,11 @@ def render(summary: Summary, markdown: bool = False) -> str:
     """The table as aligned text (terminal) or GitHub markdown."""
     table = summary.table
     head = [str(c) for c in table.columns]
-    body = [[_fmt(v) for v in row] for row in table.astype(object).itertuples(index=False)]
+    body = [[_fmt(v, c) for v, c in zip(row, head, strict=True)]
+            for row in table.astype(object).itertuples(index=False)]  # fmt: skip
     lines = []
     if summary.constants:
-        shared = ", ".join(f"{k}={_fmt(v)}" for k, v in summary.constants.items())
+        shared = ", ".join(f"{k}={_fmt(v, k)}" for k, v in summary.constants.items())
         lines += [f"{len(table)} runs in {summary.root}; same for all: {shared}", ""]
     if markdown:
         lines.append("| " + " | ".join(head) + " |")
@@ -158,7 +167,7 @@ def render(summary: Summary, markdown: bool = False) -> str:
 
 def label(summary: Summary, run: str) -> str:
     row = summary.table.set_index("run").loc[run]
-    parts = [f"{k}={_fmt(row[k])}" for k in summary.varying]
+    parts = [f"{k}={_fmt(row[k], k)}" for k in summary.varying]
     return ", ".join(parts) if parts else run
 
 

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 TOP_LEVEL = ("lr", "batch_size", "shuffle", "epochs", "seed", "label_smoothing",
              "limit_train_batches", "limit_test_batches")  # fmt: skip
 # Keys that do not change what a run computes; leaving them out lets a run resume elsewhere.
-NOT_IDENTITY = {"epochs"}
+NOT_IDENTITY = {"epochs", "params"}  # params: derived from the model
 
 
 def group_choice(group: str, node: Any) -> str:

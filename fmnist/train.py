@@ -175,7 +175,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     steps_per_epoch = min(len(data.train), cfg.limit_train_batches or len(data.train))
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=cfg.epochs * steps_per_epoch) if cfg.scheduler else None
-    callbacks = [StatusCallback(), *(instantiate(c) for c in cfg.callbacks.values() if c)]
+    callbacks = [*(instantiate(c) for c in cfg.callbacks.values() if c), StatusCallback()]  # status last:
+    # its last_epoch is written only once results and checkpoint of that epoch are on disk
     tracker = Tracker(callbacks)
     hparams["params"] = count_parameters(model)
     state = RunState(cfg=cfg, run_dir=run_dir, name=run_dir.name, hparams=hparams, model=model,

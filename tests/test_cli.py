@@ -1,0 +1,83 @@
+"""`python train.py` as users type it, in subprocesses, on the real data."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import run_train
+
+pytestmark = pytest.mark.slow
+SCALARS = {"Loss/train", "Accuracy/train", "Loss/test", "Accuracy/test", "Number Correct/train"}
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"histograms": 0, "images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_single_run_writes_its_own_directory(tmp_path):
+    done = run_train(["epochs=2", "limit_train_batches=4", "limit_test_batches=2"], cwd=tmp_path)
+    runs = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(runs) == 1, runs
+    run = runs[0]
+    for name in ("results.csv", "results.json", "status.json", "train.log", ".hydra/config.yaml",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "confusion_matrix.csv"):  # fmt: skip
+        assert (run / name).exists(), name
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert "test_accuracy" in done.stdout + done.stderr  # the per-epoch table
+
+
+def test_sweep_exactly_as_typed(tmp_path):
+    done = run_train(["-m", "lr=0.01,0.001", "batch_size=100,1000", "limit_train_batches=3",
+                      "limit_test_batches=1", "epochs=2"], cwd=tmp_path)  # fmt: skip
+    sweeps = list((tmp_path / "outputs" / "sweeps").glob("*/*"))
+    assert len(sweeps) == 1
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == sorted(f"batch_size={b},epochs=2,lr={lr}" for b in (100, 1000) for lr in (0.01, 0.001))
+    for job in jobs:
+        run = sweeps[0] / job
+        rows = json.loads((run / "results.json").read_text())
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert {str(rows[0]["lr"]), str(rows[0]["batch_size"])} == set(
+            part.split("=")[1] for part in job.split(",") if not part.startswith("epochs")
+        )
+        acc = events(run)
+        tags = acc.Tags()
+        assert SCALARS <= set(tags["scalars"])
+        assert [e.step for e in acc.Scalars("Accuracy/test")] == [1, 2]
+        assert "conv1.weight" in tags["histograms"] and "conv1.weight.grad" in tags["histograms"]
+        assert "images" in tags["images"] and "ConfusionMatrix/test" in tags["images"]
+        assert tags["graph"] is True
+    assert "sweep summary" in done.stdout and (sweeps[0] / "summary.csv").exists()
+
+
+def test_two_sweeps_in_the_same_second_do_not_share_a_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import DATA, ROOT
+
+    args = [sys.executable, str(ROOT / "train.py"), "-m", "epochs=1", "limit_train_batches=1",
+            "limit_test_batches=1", "callbacks=none"]  # fmt: skip
+    env = {**os.environ, "FMNIST_DATA": str(DATA)}
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert len(list((tmp_path / "outputs" / "sweeps").glob("*/*"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["lr=abc"], "lr"), (["lr=0"], "lr=0.0 is invalid"), (["batch_size=0"], "batch_size=0 is invalid"),
+     (["epochs=0"], "epochs=0 is invalid"), (["model=foo"], "seed_cnn"), (["optimizer=nope"], "adamw"),
+     (["colour=red"], "colour")],  # fmt: skip
+)
+def test_bad_input_is_a_short_error_without_traceback(tmp_path, args, needle):
+    done = run_train(args, cwd=tmp_path, check=False)
+    assert done.returncode != 0
+    assert needle in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) <= 20
