@@ -49,3 +49,22 @@ def run_train(args: list[str], cwd: Path, timeout: float = 300, check: bool = Tr
     if check and done.returncode != 0:
         raise AssertionError(f"train.py {args} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
+
+
+@pytest.fixture(scope="session")
+def sweep4(tmp_path_factory, data_root) -> Path:
+    """A real 4-job sweep, as typed in the README, cut to a few batches per epoch."""
+    cwd = tmp_path_factory.mktemp("sweep4")
+    sweep_dir = cwd / "sweep"
+    run_train(["-m", "lr=0.01,0.001", "batch_size=100,1000", "epochs=2", "limit_train_batches=4",
+               "limit_test_batches=2", f"hydra.sweep.dir={sweep_dir}"], cwd=cwd)  # fmt: skip
+    return sweep_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_root) -> Path:
+    """A short real run (2 epochs of 300 batches) with checkpoints and full test evaluation."""
+    cwd = tmp_path_factory.mktemp("trained")
+    run_dir = cwd / "run"
+    run_train(["epochs=2", "limit_train_batches=300", "callbacks.tensorboard=null", f"hydra.run.dir={run_dir}"], cwd=cwd)
+    return run_dir

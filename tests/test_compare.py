@@ -1,0 +1,89 @@
+"""The sweep summary on a real 4-job sweep, plus failed and incomplete runs."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from fmnist.compare import main, summarize
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sweep(sweep4, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep4, copy)
+    for name in ("summary.csv", "summary.json", "summary.md", "summary.png"):
+        (copy / name).unlink(missing_ok=True)
+    return copy
+
+
+def test_rows_sorting_and_varying_columns(sweep):
+    summary = summarize(sweep)
+    table = summary.table
+    assert len(table) == 4
+    assert summary.varying == ["batch_size", "lr"]
+    assert summary.constants["model"] == "seed_cnn" and summary.constants["epochs"] == 2
+    best = list(table["best_test_accuracy"])
+    assert best == sorted(best, reverse=True)
+    for row in table.itertuples():
+        history = json.loads((sweep / row.run / "results.json").read_text())
+        assert row.test_accuracy == history[-1]["test_accuracy"]
+        assert row.best_test_accuracy == max(h["test_accuracy"] for h in history)
+        assert row.status == "completed" and row.epochs == 2
+    by_loss = summarize(sweep, sort="train_loss").table["train_loss"].tolist()
+    assert by_loss == sorted(by_loss)
+    assert len(summarize(sweep, top=2).table) == 2
+    first_epoch = summarize(sweep, epoch=1).table
+    assert set(first_epoch["epochs"]) == {1}
+
+
+def test_failed_and_incomplete_runs_are_listed_not_dropped(sweep):
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    failed, crashed = runs[0], runs[1]
+    status = json.loads((failed / "status.json").read_text())
+    status |= {"status": "failed", "error": {"type": "NonFiniteLossError", "message": "loss became nan"}}
+    (failed / "status.json").write_text(json.dumps(status))
+    status = json.loads((crashed / "status.json").read_text())
+    status |= {"status": "running", "pid": 2**22 + 12345, "last_epoch": 1}  # a pid that is not alive
+    (crashed / "status.json").write_text(json.dumps(status))
+    history = json.loads((crashed / "results.json").read_text())[:1]
+    (crashed / "results.json").write_text(json.dumps(history))
+    table = summarize(sweep).table.set_index("run")
+    assert table.loc[failed.name, "status"] == "failed"
+    assert "NonFiniteLossError" in table.loc[failed.name, "reason"]
+    assert table.loc[crashed.name, "status"] == "crashed" and table.loc[crashed.name, "epochs"] == 1
+    assert len(table) == 4
+
+
+def test_files_written_and_png_decodes(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "best_test_accuracy" in out and "batch_size=100,epochs=2,lr=0.01" in out
+    for ext in ("csv", "json", "md", "png"):
+        assert (sweep / f"summary.{ext}").stat().st_size > 0
+    with Image.open(sweep / "summary.png") as image:
+        image.load()
+        assert image.width >= 800 and image.height >= 300
+    assert json.loads((sweep / "summary.json").read_text())["varying"] == ["batch_size", "lr"]
+    assert (sweep / "summary.md").read_text().count("\n| batch_size=") == 4
+
+
+def test_outputs_root_compares_everything(sweep):
+    (sweep / "nested").mkdir()
+    shutil.copytree(sweep / "batch_size=100,epochs=2,lr=0.01", sweep / "nested" / "other")
+    assert len(summarize(sweep).table) == 5
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_bad_path_is_a_one_line_error(tmp_path, make):
+    path = tmp_path / "nothing"
+    if make == "empty":
+        path.mkdir()
+    done = subprocess.run([sys.executable, "-m", "fmnist.compare", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:")
