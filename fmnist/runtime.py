@@ -35,25 +35,29 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def concurrent_jobs() -> int:
-    """How many sweep jobs share this machine (the joblib launcher's n_jobs), else 1."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    except (ValueError, AttributeError):  # not inside a Hydra job
-        return 1
-    if not n_jobs:
-        return 1
-    return cpu_cores() if n_jobs < 0 else int(n_jobs)
-
-
-def configure(rt: DictConfig) -> int:
-    """Thread count and denormal flushing; returns the threads used.
+def auto_threads() -> int:
+    """Cores this job may use: cores / joblib's n_jobs, a submitit job's cpus_per_task, else all.
 
     Set in every job: oversubscribed cores (2 jobs x 2 threads on 2 cores) run ~17x slower.
     """
-    threads = rt.threads or max(1, cpu_cores() // concurrent_jobs())
+    cores = cpu_cores()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher
+    except ValueError:  # not inside a Hydra job
+        return cores
+    if launcher.get("cpus_per_task"):
+        return max(1, min(cores, int(launcher.cpus_per_task)))
+    n_jobs = launcher.get("n_jobs")
+    if not n_jobs:
+        return cores
+    return max(1, cores // (cores if n_jobs < 0 else int(n_jobs)))
+
+
+def configure(rt: DictConfig) -> int:
+    """Thread count and denormal flushing; returns the threads used."""
+    threads = rt.threads or auto_threads()
     torch.set_num_threads(threads)
     if rt.flush_denormal:
         torch.set_flush_denormal(True)

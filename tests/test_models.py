@@ -32,3 +32,28 @@ def test_models_shape_backward_and_size(model, low, high):
     out.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert low <= count_parameters(model) <= high
+
+
+def test_seed_cnn_equals_the_articles_layer_order():
+    """relu then pool (the article) and pool then relu (ours, faster) agree, gradients included."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = SeedCNN()
+    x = torch.randn(16, 1, 28, 28)
+
+    def article_forward(t):
+        t = F.max_pool2d(F.relu(net.conv1(t)), kernel_size=2, stride=2)
+        t = F.max_pool2d(F.relu(net.conv2(t)), kernel_size=2, stride=2)
+        t = F.relu(net.fc1(t.reshape(-1, 12 * 4 * 4)))
+        return net.out(F.relu(net.fc2(t)))
+
+    grads = []
+    for forward in (article_forward, net):
+        net.zero_grad()
+        out = forward(x)
+        out.square().sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+        grads[-1].append(out.detach())
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import sys
 import socket
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,12 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def now() -> str:
@@ -69,6 +77,7 @@ class StatusCallback(Callback):
             ended=now(),
             test_accuracy=final.get("test_accuracy"),
             best=state.best,
+            peak_rss_mb=peak_rss_mb(),
         )
 
     def on_exception(self, state: RunState, exc: BaseException) -> None:

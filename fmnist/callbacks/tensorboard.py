@@ -14,7 +14,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torchvision.utils import make_grid
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.plots import confusion_figure, misclassified_figure
+from fmnist.plots import confusion_image, misclassified_image
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,10 @@ class TensorBoardCallback(Callback):
                     w.add_histogram(f"{name}.grad", param.grad.detach().float().cpu(), epoch)
         test = state.evals.get("test")
         if test is not None and self.figure_interval and epoch % self.figure_interval == 0:
-            w.add_figure("ConfusionMatrix/test", confusion_figure(test["confusion"]), epoch)
+            w.add_image("ConfusionMatrix/test", confusion_image(test["confusion"]), epoch, dataformats="HWC")
             if len(test["wrong_images"]):
-                w.add_figure(
-                    "Misclassified/test",
-                    misclassified_figure(test["wrong_images"], test["wrong_preds"], test["wrong_targets"]),
-                    epoch,
-                )
+                grid = misclassified_image(test["wrong_images"], test["wrong_preds"], test["wrong_targets"])
+                w.add_image("Misclassified/test", grid, epoch, dataformats="HWC")
         w.flush()
 
     def _close(self, status: str) -> None:

@@ -1,0 +1,202 @@
+"""Speed benchmark: this project's training path against the article's loop, in one process.
+
+    python scripts/bench.py            # or: make bench   (writes bench.json)
+
+Everything is measured here and now on the real data, interleaved, medians reported, so the
+ratios hold on a noisy shared machine. Not a test: it prints the targets and whether they are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+import fmnist.config  # noqa: F401
+from fmnist.callbacks.base import Callback
+from fmnist.callbacks.status import peak_rss_mb
+from fmnist.data import ensure_data
+from fmnist.models.seed_cnn import SeedCNN
+from fmnist.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMES: list[float] = []
+
+
+class EpochTimer(Callback):
+    """Marks each epoch start and the run end: full epochs, evaluation and callbacks included."""
+
+    def on_epoch_start(self, state) -> None:  # noqa: ANN001
+        TIMES.append(time.perf_counter())
+
+    def on_run_end(self, state) -> None:  # noqa: ANN001
+        TIMES.append(time.perf_counter())
+
+
+def make_timer() -> EpochTimer:
+    return EpochTimer()
+
+
+def article_epochs(root: str, batch_size: int, epochs: int) -> list[float]:
+    """The article's loop as written: DataLoader over FashionMNIST + ToTensor, Adam, no tracker."""
+    from torchvision import datasets, transforms
+
+    train_set = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True)
+    network = SeedCNN()
+    optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
+    times = []
+    for _ in range(epochs):
+        start, total_loss, total_correct = time.perf_counter(), 0.0, 0
+        for images, labels in loader:
+            preds = network(images)
+            loss = F.cross_entropy(preds, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * batch_size  # the article's track_loss
+            total_correct += preds.argmax(dim=1).eq(labels).sum().item()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def project_epochs(root: str, batch_size: int, epochs: int, callbacks: str) -> list[float]:
+    """This project's default path through train(cfg), with the default callbacks or none."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", [f"data.root={root}", f"batch_size={batch_size}", f"epochs={epochs}",
+                                f"callbacks={callbacks}"])  # fmt: skip
+    with open_dict(cfg):
+        cfg.callbacks["zz_timer"] = {"_target_": "__main__.make_timer"}
+        if "progress" in cfg.callbacks:
+            cfg.callbacks.progress.bar = False
+    TIMES.clear()
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            train(cfg)
+        finally:
+            os.chdir(cwd)
+    return [b - a for a, b in zip(TIMES, TIMES[1:], strict=False)]
+
+
+def train_step_flops(batch_size: int = 100) -> float:
+    """FLOPs of one forward + backward of the article's network, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, x = SeedCNN(), torch.rand(batch_size, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(batch_size, dtype=torch.long)).backward()
+    return counter.get_total_flops() / batch_size
+
+
+def cpu_peak_gflops() -> tuple[float, str]:
+    """A rough FP32 peak: cores x GHz x FLOPs per cycle from the widest SIMD the flags show."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return float("nan"), "unknown CPU"
+    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    model = next((line.split(":")[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8  # 2 FMA units x lanes x 2
+    cores = len(os.sched_getaffinity(0))
+    return cores * (max(mhz) / 1000 if mhz else 2.0) * per_cycle, f"{model}, {cores} cores"
+
+
+def sweep_grid(root: str, epochs: int) -> tuple[float, list[float]]:
+    """The article's 4-run grid as one joblib sweep: wall seconds and each job's peak memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=joblib",
+                        "lr=0.01,0.001", "batch_size=100,1000", f"epochs={epochs}",
+                        f"hydra.sweep.dir={tmp}/sweep"], cwd=tmp, check=True, capture_output=True,
+                       env={**os.environ, "FMNIST_DATA": root})  # fmt: skip
+        wall = time.perf_counter() - start
+        peaks = [json.loads(p.read_text()).get("peak_rss_mb", 0.0) for p in Path(tmp).rglob("status.json")]
+    return wall, peaks
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement (median)")
+    parser.add_argument("--grid-epochs", type=int, default=5, help="epochs per run of the 4-run grid")
+    parser.add_argument("--no-grid", action="store_true", help="skip the sweep measurement")
+    parser.add_argument("--out", default=str(ROOT / "bench.json"))
+    args = parser.parse_args()
+    root = os.environ.get("FMNIST_DATA", str(ROOT / "data"))
+    ensure_data(root)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+    results: dict[str, dict] = {}
+    for batch_size in (100, 1000):  # interleaved, so drift hits every case alike
+        article, default, bare = [], [], []
+        for _ in range(2):
+            article += article_epochs(root, batch_size, max(1, args.epochs // 2 + 1))
+            default += project_epochs(root, batch_size, args.epochs, "default")
+            bare += project_epochs(root, batch_size, args.epochs, "none")
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
+        for name, times in (("article loop", article), ("fmnist default", default), ("fmnist callbacks off", bare)):
+            results[f"{name} @ {batch_size}"] = {"batch_size": batch_size, "epoch_s": statistics.median(times),
+                                                 "samples": [round(t, 3) for t in times]}  # fmt: skip
+
+    flops = train_step_flops()
+    peak, cpu = cpu_peak_gflops()
+    rows, checks = [], []
+    for key, r in results.items():
+        base = results[f"article loop @ {r['batch_size']}"]["epoch_s"]
+        r["images_per_s"] = 60000 / r["epoch_s"]
+        r["ratio_vs_article"] = r["epoch_s"] / base
+        r["gflops"] = flops * r["images_per_s"] / 1e9
+        rows.append((key, r))
+    for bs, limit in ((100, 0.40), (1000, 0.50)):
+        ratio = results[f"fmnist default @ {bs}"]["ratio_vs_article"]
+        checks.append((f"default epoch at batch {bs} <= {limit} x article", ratio, ratio <= limit))
+    for bs in (100, 1000):
+        overhead = results[f"fmnist default @ {bs}"]["epoch_s"] / results[f"fmnist callbacks off @ {bs}"]["epoch_s"] - 1
+        checks.append((f"callbacks overhead at batch {bs} <= 10%", overhead, overhead <= 0.10))
+
+    grid = {}
+    if not args.no_grid:
+        sequential = sum(2 * args.grid_epochs * results[f"article loop @ {bs}"]["epoch_s"] for bs in (100, 1000))
+        wall, peaks = sweep_grid(root, args.grid_epochs)
+        grid = {"article_sequential_s": sequential, "sweep_joblib_s": wall, "ratio": wall / sequential,
+                "peak_rss_mb_per_job": peaks}  # fmt: skip
+        checks.append(("4-run grid as joblib sweep <= 0.35 x article sequential", grid["ratio"], grid["ratio"] <= 0.35))
+        checks.append(("peak memory per job < 1024 MiB", max(peaks), max(peaks) < 1024))
+
+    print(f"\nmachine: {cpu}; torch {torch.__version__}; python {platform.python_version()}")
+    print(f"training step: {flops / 1e6:.2f} MFLOP per image; CPU FP32 peak estimate {peak:.0f} GFLOP/s\n")
+    print(f"{'case':<28} {'s/epoch':>8} {'img/s':>8} {'ratio':>6} {'GFLOP/s':>8} {'% peak':>7}")
+    for key, r in rows:
+        print(f"{key:<28} {r['epoch_s']:>8.2f} {r['images_per_s']:>8.0f} {r['ratio_vs_article']:>6.2f} "
+              f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}%")  # fmt: skip
+    if grid:
+        print(f"\n4-run grid, {args.grid_epochs} epochs each: article sequential {grid['article_sequential_s']:.1f} s "
+              f"(from the measured epochs), joblib sweep {grid['sweep_joblib_s']:.1f} s (measured, process start-up "
+              f"included): ratio {grid['ratio']:.2f}; peak memory per job {max(grid['peak_rss_mb_per_job']):.0f} MiB")
+    print("\ntargets:")
+    for name, value, ok in checks:
+        print(f"  [{'ok' if ok else 'MISSED'}] {name}: {value:.2f}")
+    out = {"machine": cpu, "torch": torch.__version__, "flops_per_image": flops, "peak_gflops_estimate": peak,
+           "cases": results, "grid": grid, "checks": [{"name": n, "value": v, "ok": ok} for n, v, ok in checks],
+           "measured_peak_rss_mb_bench_process": peak_rss_mb()}  # fmt: skip
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
