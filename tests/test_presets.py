@@ -1,0 +1,74 @@
+"""Experiment presets, augmentation, schedules: compose, run a few real batches, keep invariants."""
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from fmnist.data.augment import Augment
+from fmnist.data.loaders import MemoryLoader
+from fmnist.data.tensors import load_tensors
+from fmnist.train import train
+from tests.conftest import CONF, compose_cfg
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_preset_runs_a_few_batches(preset, data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg([f"experiment={preset}", "epochs=1", "limit_train_batches=2", "limit_test_batches=1"], data_root)
+    with open_dict(cfg):
+        cfg.callbacks.progress.bar = False
+    row = train(cfg)
+    assert row["epoch"] == 1 and 0 <= row["test_accuracy"] <= 1
+    if cfg.data.val_size:
+        assert "val_accuracy" in row and torch.load(tmp_path / "checkpoints" / "best.pt")["best"]["metric"] == "val_accuracy"
+
+
+def test_presets_say_what_they_claim():
+    article = compose_cfg(["experiment=article"])
+    assert (article.lr, article.batch_size, article.shuffle, article.epochs) == (0.01, 100, False, 5)
+    assert article.model._target_.endswith("SeedCNN") and article.data.loader.value == "torchvision"
+    best = compose_cfg(["experiment=best"])
+    assert best.data.val_size == 5000 and best.data.augment.crop_padding == 2
+
+
+def test_augmentation_keeps_shapes_range_and_labels(data_root):
+    tensors = load_tensors(data_root)
+    images, labels = tensors["test_images"][:512], tensors["test_labels"][:512]
+    plain = MemoryLoader(images, labels, 128, shuffle=True, seed=1)
+    augmented = MemoryLoader(images, labels, 128, shuffle=True, seed=1,
+                             augment=Augment(crop_padding=2, hflip=True, erasing=0.5))  # fmt: skip
+    changed = 0
+    for (x0, y0), (x1, y1) in zip(plain.epoch(3), augmented.epoch(3), strict=True):
+        assert x1.shape == x0.shape and x1.dtype == torch.float32
+        assert x1.min() >= 0 and x1.max() <= 1
+        assert torch.equal(y0, y1)  # same images in the same order: labels untouched
+        changed += int((x0 != x1).flatten(1).any(1).sum())
+    assert changed > 400  # nearly every image is altered
+
+
+def test_each_augmentation_does_its_job():
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    x = torch.rand(64, 1, 28, 28)
+    erased = Augment(erasing=1.0)(x, gen())
+    assert ((erased == 0) & (x != 0)).flatten(1).any(1).all()  # every image got a hole
+    flipped = Augment(hflip=True)(x, gen())
+    same, mirrored = (flipped == x).flatten(1).all(1), (flipped == x.flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+    ones = torch.ones(64, 1, 28, 28)
+    cropped = Augment(crop_padding=2)(ones, gen())
+    assert (cropped.sum((1, 2, 3)) < 28 * 28).any()  # shifted content brings in zero padding
+    assert (cropped.sum((1, 2, 3)) >= 26 * 26).all()
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+def test_schedules_step_per_batch_and_are_logged(name, data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg([f"scheduler={name}", "epochs=2", "limit_train_batches=5", "limit_test_batches=1",
+                       "callbacks.progress.bar=false"], data_root)  # fmt: skip
+    train(cfg)
+    import json
+
+    rows = json.loads((tmp_path / "results.json").read_text())
+    lrs = [r["lr_current"] for r in rows]
+    assert lrs[0] != lrs[1] and all(lr < 0.01 for lr in lrs)
+    assert rows[0]["scheduler"] == name
