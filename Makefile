@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,optuna]'
 	touch $(STAMP)
 
 data: $(STAMP)  ## find, fetch and check Fashion-MNIST (Debian package, torchvision, apt-get)

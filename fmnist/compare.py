@@ -1,7 +1,7 @@
 """Compare runs: one row per run, sorted by best test accuracy, plus csv/json/md files and a plot.
 
-    python -m fmnist.compare outputs/sweeps/2026-11-27/10-00-00_123   # one sweep
-    python -m fmnist.compare outputs                                    # everything
+python -m fmnist.compare outputs/sweeps/2026-11-27/10-00-00_123   # one sweep
+python -m fmnist.compare outputs                                    # everything
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ import pandas as pd
 
 from fmnist.io import read_json, write_json, write_text
 
-SORT_KEYS = ("best_test_accuracy", "test_accuracy", "train_loss", "train_accuracy", "duration_s", "run")
+SORT_KEYS = (
+    "best_test_accuracy",
+    "test_accuracy",
+    "train_loss",
+    "train_accuracy",
+    "duration_s",
+    "run",
+)
 HIDDEN = {"params"}  # derived from the model: shown, never used to tell runs apart
 
 
@@ -69,9 +76,21 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
     }
 
 
-_METRICS = {"run", "epoch", "loss", "accuracy", "num_correct", "test_loss", "test_accuracy",
-            "test_num_correct", "val_loss", "val_accuracy", "lr_current", "epoch_duration",
-            "run_duration"}  # fmt: skip
+_METRICS = {
+    "run",
+    "epoch",
+    "loss",
+    "accuracy",
+    "num_correct",
+    "test_loss",
+    "test_accuracy",
+    "test_num_correct",
+    "val_loss",
+    "val_accuracy",
+    "lr_current",
+    "epoch_duration",
+    "run_duration",
+}
 
 
 def _read(path: Path) -> Any:
@@ -81,8 +100,12 @@ def _read(path: Path) -> Any:
         return None
 
 
-def summarize(path: str | Path, sort: str = "best_test_accuracy", top: int | None = None,
-              epoch: int | None = None) -> Summary:  # fmt: skip
+def summarize(
+    path: str | Path,
+    sort: str = "best_test_accuracy",
+    top: int | None = None,
+    epoch: int | None = None,
+) -> Summary:
     """Read every run under `path`; raises FileNotFoundError/ValueError with a one-line reason."""
     root = Path(path)
     if not root.is_dir():
@@ -96,7 +119,9 @@ def summarize(path: str | Path, sort: str = "best_test_accuracy", top: int | Non
     constants = {k: runs[0]["hparams"].get(k) for k in keys if len(values[k]) == 1}
     rows, curves = [], {}
     for r in runs:
-        history = r["history"] if epoch is None else [h for h in r["history"] if h["epoch"] <= epoch]
+        history = (
+            r["history"] if epoch is None else [h for h in r["history"] if h["epoch"] <= epoch]
+        )
         last = history[-1] if history else {}
         best = max(history, key=lambda h: h["test_accuracy"]) if history else {}
         row = {"run": r["run"], **{k: r["hparams"].get(k) for k in varying}}
@@ -147,8 +172,10 @@ def render(summary: Summary, markdown: bool = False) -> str:
     """The table as aligned text (terminal) or GitHub markdown."""
     table = summary.table
     head = [str(c) for c in table.columns]
-    body = [[_fmt(v, c) for v, c in zip(row, head, strict=True)]
-            for row in table.astype(object).itertuples(index=False)]  # fmt: skip
+    body = [
+        [_fmt(v, c) for v, c in zip(row, head, strict=True)]
+        for row in table.astype(object).itertuples(index=False)
+    ]
     lines = []
     if summary.constants:
         shared = ", ".join(f"{k}={_fmt(v, k)}" for k, v in summary.constants.items())
@@ -189,8 +216,10 @@ def plot(summary: Summary, path: Path) -> None:
     if len(runs) <= 20:
         curves.legend(fontsize=8)
     finals = [v if v == v and v is not None else 0.0 for v in summary.table["test_accuracy"]]
-    names = [label(summary, r) + ("" if s == "completed" else f" [{s}]")
-             for r, s in zip(runs, summary.table["status"], strict=True)]  # fmt: skip
+    names = [
+        label(summary, r) + ("" if s == "completed" else f" [{s}]")
+        for r, s in zip(runs, summary.table["status"], strict=True)
+    ]
     positions = range(len(runs))[::-1]
     bars.barh(list(positions), finals, color="tab:blue")
     bars.set_yticks(list(positions), names, fontsize=8)
@@ -208,9 +237,15 @@ def plot(summary: Summary, path: Path) -> None:
 def write(summary: Summary, out_dir: Path) -> list[Path]:
     paths = [out_dir / f"summary.{ext}" for ext in ("csv", "json", "md", "png")]
     write_text(paths[0], summary.table.to_csv(index=False))
-    write_json(paths[1], {"root": str(summary.root), "constants": summary.constants,
-                          "varying": summary.varying,
-                          "runs": json.loads(summary.table.to_json(orient="records"))})  # fmt: skip
+    write_json(
+        paths[1],
+        {
+            "root": str(summary.root),
+            "constants": summary.constants,
+            "varying": summary.varying,
+            "runs": json.loads(summary.table.to_json(orient="records")),
+        },
+    )
     write_text(paths[2], render(summary, markdown=True) + "\n")
     plot(summary, paths[3])
     return paths
@@ -226,9 +261,15 @@ def report(path: str | Path, **options: Any) -> Summary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmnist-compare", description="Compare runs of a sweep or of outputs/.")
+    parser = argparse.ArgumentParser(
+        prog="fmnist-compare", description="Compare runs of a sweep or of outputs/."
+    )
     parser.add_argument("path", help="a sweep directory, or outputs/ for everything")
-    parser.add_argument("--sort", default="best_test_accuracy", help=f"column to sort by ({', '.join(SORT_KEYS)}, ...)")
+    parser.add_argument(
+        "--sort",
+        default="best_test_accuracy",
+        help=f"column to sort by ({', '.join(SORT_KEYS)}, ...)",
+    )
     parser.add_argument("--top", type=int, default=None, help="show only the best N runs")
     parser.add_argument("--epoch", type=int, default=None, help="compare as of this epoch")
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")

@@ -1,6 +1,6 @@
 """Evaluate a trained run on the test (or validation) split: overall, per class, confusion matrix.
 
-    python -m fmnist.evaluate outputs/runs/2026-11-27/10-00-00_123 [--checkpoint last] [--split val]
+python -m fmnist.evaluate outputs/runs/2026-11-27/10-00-00_123 [--checkpoint last] [--split val]
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from fmnist import CLASSES
 from fmnist.data import DataError, build_data
 from fmnist.io import write_json
-from fmnist.trained import RunError, load_trained
 from fmnist.train import evaluate
+from fmnist.trained import RunError, load_trained
 
 
 def per_class(confusion: list[list[int]]) -> list[dict[str, Any]]:
@@ -28,8 +28,15 @@ def per_class(confusion: list[list[int]]) -> list[dict[str, Any]]:
         precision = (tp[i] / predicted[i]).item() if predicted[i] else 0.0
         recall = (tp[i] / actual[i]).item() if actual[i] else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1,
-                     "support": int(actual[i])})  # fmt: skip
+        rows.append(
+            {
+                "class": name,
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                "support": int(actual[i]),
+            }
+        )
     return rows
 
 
@@ -42,19 +49,31 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"{'class':<12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}   (recall = accuracy on the class)",
     ]
-    lines += [f"{r['class']:<12} {r['precision']:>9.4f} {r['recall']:>7.4f} {r['f1']:>6.4f} {r['support']:>7d}"
-              for r in result["per_class"]]  # fmt: skip
-    lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              f"{'':<12}" + "".join(f"{s:>8}" for s in short)]  # fmt: skip
-    lines += [f"{CLASSES[i]:<12}" + "".join(f"{v:>8d}" for v in row) for i, row in enumerate(result["confusion"])]
+    lines += [
+        f"{r['class']:<12} {r['precision']:>9.4f} {r['recall']:>7.4f} {r['f1']:>6.4f} {r['support']:>7d}"
+        for r in result["per_class"]
+    ]
+    lines += [
+        "",
+        "confusion matrix (rows: true, columns: predicted)",
+        f"{'':<12}" + "".join(f"{s:>8}" for s in short),
+    ]
+    lines += [
+        f"{CLASSES[i]:<12}" + "".join(f"{v:>8d}" for v in row)
+        for i, row in enumerate(result["confusion"])
+    ]
     return "\n".join(lines)
 
 
-def run_evaluation(run_dir: str | Path, checkpoint: str = "best", split: str = "test") -> dict[str, Any]:
+def run_evaluation(
+    run_dir: str | Path, checkpoint: str = "best", split: str = "test"
+) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cfg, model, ckpt = load_trained(run_dir, checkpoint)
     if split == "val" and not cfg.data.val_size:
-        raise RunError(f"{run_dir} was trained without a validation split (data.val_size=0); use --split test")
+        raise RunError(
+            f"{run_dir} was trained without a validation split (data.val_size=0); use --split test"
+        )
     device = torch.device("cpu")
     data = build_data(cfg.data, cfg.batch_size, False, cfg.seed, device, channels_last=False)
     loader = data.val if split == "val" else data.test
@@ -75,7 +94,9 @@ def run_evaluation(run_dir: str | Path, checkpoint: str = "best", split: str = "
         "classes": list(CLASSES),
     }
     write_json(run_dir / "evaluation.json", result)
-    fig = confusion_figure(metrics["confusion"], f"Confusion matrix ({split}, {checkpoint}.pt, epoch {ckpt['epoch']})")
+    fig = confusion_figure(
+        metrics["confusion"], f"Confusion matrix ({split}, {checkpoint}.pt, epoch {ckpt['epoch']})"
+    )
     fig.savefig(run_dir / "confusion_matrix.png")
     plt.close(fig)
     return result

@@ -6,8 +6,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-TOP_LEVEL = ("lr", "batch_size", "shuffle", "epochs", "seed", "label_smoothing",
-             "limit_train_batches", "limit_test_batches")  # fmt: skip
+TOP_LEVEL = (
+    "lr",
+    "batch_size",
+    "shuffle",
+    "epochs",
+    "seed",
+    "label_smoothing",
+    "limit_train_batches",
+    "limit_test_batches",
+)
 # Keys that do not change what a run computes; leaving them out lets a run resume elsewhere.
 NOT_IDENTITY = {"epochs", "params"}  # params: derived from the model
 

@@ -27,8 +27,15 @@ def confusion_figure(matrix: list[list[int]], title: str = "Confusion matrix (te
     for i in range(10):
         for j in range(10):
             value = int(counts[i, j])
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                    color="white" if value > high else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if value > high else "black",
+            )
     fig.tight_layout()
     return fig
 
@@ -41,7 +48,9 @@ def _font(size: int):  # noqa: ANN202
     return ImageFont.load_default(size=size)
 
 
-def confusion_image(matrix: list[list[int]], title: str = "Confusion matrix (test): rows true, columns predicted"):  # noqa: ANN201
+def confusion_image(
+    matrix: list[list[int]], title: str = "Confusion matrix (test): rows true, columns predicted"
+):  # noqa: ANN201
     """The confusion matrix as an HWC uint8 array: counts in blue-shaded cells, named classes."""
     import numpy as np
     from matplotlib import colormaps
@@ -60,14 +69,18 @@ def confusion_image(matrix: list[list[int]], title: str = "Confusion matrix (tes
         draw.text((4, top + i * cell + cell // 2 - 6), name, fill="black", font=small)
         for j in range(10):
             x, y = left + j * cell, top + i * cell
-            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=tuple(shades[i, j]), outline="white")
+            draw.rectangle(
+                (x, y, x + cell - 1, y + cell - 1), fill=tuple(shades[i, j]), outline="white"
+            )
             text = str(int(counts[i, j]))
             color = "white" if counts[i, j] > counts.max() / 2 else "black"
             draw.text((x + cell // 2, y + cell // 2), text, fill=color, font=font, anchor="mm")
     return np.asarray(image)
 
 
-def misclassified_image(images: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor, columns: int = 8):  # noqa: ANN201
+def misclassified_image(
+    images: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor, columns: int = 8
+):  # noqa: ANN201
     """Up to 32 wrong predictions as an HWC uint8 array, each captioned 'predicted / true'."""
     import numpy as np
     from PIL import Image, ImageDraw

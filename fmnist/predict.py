@@ -66,11 +66,16 @@ def load_image(path: str | Path) -> torch.Tensor:
 def predict(model: torch.nn.Module, x: torch.Tensor, top: int = 3) -> list[dict[str, Any]]:
     probs = torch.softmax(model(x.unsqueeze(0)).float(), dim=1)[0]
     values, indices = probs.topk(top)
-    return [{"class": CLASSES[i], "index": int(i), "probability": float(p)} for p, i in zip(values, indices, strict=True)]
+    return [
+        {"class": CLASSES[i], "index": int(i), "probability": float(p)}
+        for p, i in zip(values, indices, strict=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmnist-predict", description="Classify images with a trained run.")
+    parser = argparse.ArgumentParser(
+        prog="fmnist-predict", description="Classify images with a trained run."
+    )
     parser.add_argument("run_dir")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")

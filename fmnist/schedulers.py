@@ -7,7 +7,9 @@ import math
 import torch
 
 
-def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -17,5 +19,9 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, max_lr: float, pct_start: float = 0.25) -> torch.optim.lr_scheduler.OneCycleLR:
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
+def onecycle(
+    optimizer: torch.optim.Optimizer, total_steps: int, max_lr: float, pct_start: float = 0.25
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start
+    )

@@ -32,8 +32,13 @@ class SweepReport(Callback):
         status = read_status(run_dir)
         if status is None or status.get("status") == "running":
             exc = job_return._return_value
-            write_status(run_dir, status="failed", run=run_dir.name, last_epoch=(status or {}).get("last_epoch", 0),
-                         error={"type": type(exc).__name__, "message": str(exc)})  # fmt: skip
+            write_status(
+                run_dir,
+                status="failed",
+                run=run_dir.name,
+                last_epoch=(status or {}).get("last_epoch", 0),
+                error={"type": type(exc).__name__, "message": str(exc)},
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish(failed_exit=False)
@@ -59,6 +64,9 @@ def finish(failed_exit: bool = True) -> None:
         for row in failed.itertuples(index=False):
             reason = getattr(row, "reason", "") or ""
             print(f"  {row.run}: {row.status} after epoch {row.epochs}  {reason}", file=sys.stderr)
-        print("rerun the same command with hydra.sweep.dir=" + str(sweep_dir) + " to resume", file=sys.stderr)
+        print(
+            "rerun the same command with hydra.sweep.dir=" + str(sweep_dir) + " to resume",
+            file=sys.stderr,
+        )
         if failed_exit:
             sys.exit(1)

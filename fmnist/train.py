@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ from fmnist.models import count_parameters
 from fmnist.runtime import configure, pick_device, seed_everything
 
 log = logging.getLogger("fmnist")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # editable install: the repo's conf/
-
+CONF_DIR = str(
+    Path(__file__).resolve().parent.parent / "conf"
+)  # editable install: the repo's conf/
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,11 +52,10 @@ class StopOnSignal:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers: leave signals alone
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -73,7 +74,9 @@ class StopOnSignal:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader: Any, limit: int | None = None, keep_wrong: int = 32) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, loader: Any, limit: int | None = None, keep_wrong: int = 32
+) -> dict[str, Any]:
     """Mean loss, accuracy, confusion matrix and a few misclassified images of one split."""
     was_training = model.training
     model.eval()
@@ -102,12 +105,18 @@ def evaluate(model: torch.nn.Module, loader: Any, limit: int | None = None, keep
         "num_correct": correct,
         "confusion": confusion.tolist(),
         "wrong_images": torch.cat(wrong_x)[:keep_wrong] if wrong_x else torch.zeros(0, 1, 28, 28),
-        "wrong_preds": torch.cat(wrong_p)[:keep_wrong] if wrong_p else torch.zeros(0, dtype=torch.long),
-        "wrong_targets": torch.cat(wrong_y)[:keep_wrong] if wrong_y else torch.zeros(0, dtype=torch.long),
+        "wrong_preds": torch.cat(wrong_p)[:keep_wrong]
+        if wrong_p
+        else torch.zeros(0, dtype=torch.long),
+        "wrong_targets": torch.cat(wrong_y)[:keep_wrong]
+        if wrong_y
+        else torch.zeros(0, dtype=torch.long),
     }
 
 
-def prepare_run_dir(run_dir: Path, hparams: dict[str, Any], epochs: int) -> dict[str, Any] | str | None:
+def prepare_run_dir(
+    run_dir: Path, hparams: dict[str, Any], epochs: int
+) -> dict[str, Any] | str | None:
     """What to do with this directory: a checkpoint to resume, "skip" (done), or None (fresh).
 
     Never overwrites a different run; reruns failed runs from scratch.
@@ -115,12 +124,20 @@ def prepare_run_dir(run_dir: Path, hparams: dict[str, Any], epochs: int) -> dict
     status = read_status(run_dir)
     if status is None:
         if (run_dir / "results.csv").exists() or (run_dir / "checkpoints").exists():
-            raise ConfigError(f"hydra.run.dir={run_dir} holds results of an unknown run; choose another directory")
+            raise ConfigError(
+                f"hydra.run.dir={run_dir} holds results of an unknown run; choose another directory"
+            )
         return None
     if identity(status.get("hparams", {})) != identity(hparams):
         old, new = identity(status.get("hparams", {})), identity(hparams)
-        diff = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
-        raise ConfigError(f"output dir {run_dir} already holds a different run ({diff}); use another directory")
+        diff = ", ".join(
+            f"{k}: {old.get(k)} -> {new.get(k)}"
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        )
+        raise ConfigError(
+            f"output dir {run_dir} already holds a different run ({diff}); use another directory"
+        )
     alive = status.get("status") == "running" and status.get("host") == socket.gethostname()
     if alive and status.get("pid") not in (None, os.getpid()) and _pid_alive(status["pid"]):
         raise ConfigError(f"output dir {run_dir} is in use by running process {status['pid']}")
@@ -162,25 +179,48 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume = prepare_run_dir(run_dir, hparams, cfg.epochs)
     if resume == "skip":
         row = read_status(run_dir)
-        log.info("%s already completed %d epochs (test accuracy %s): nothing to do", run_dir, row["last_epoch"], row.get("test_accuracy"))
+        log.info(
+            "%s already completed %d epochs (test accuracy %s): nothing to do",
+            run_dir,
+            row["last_epoch"],
+            row.get("test_accuracy"),
+        )
         return {"test_accuracy": row.get("test_accuracy"), "skipped": True}
 
     threads = configure(cfg.runtime)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.batch_size, cfg.shuffle, cfg.seed, device, cfg.runtime.channels_last)
+    data = build_data(
+        cfg.data, cfg.batch_size, cfg.shuffle, cfg.seed, device, cfg.runtime.channels_last
+    )
     model = instantiate(cfg.model).to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     steps_per_epoch = min(len(data.train), cfg.limit_train_batches or len(data.train))
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=cfg.epochs * steps_per_epoch) if cfg.scheduler else None
-    callbacks = [*(instantiate(c) for c in cfg.callbacks.values() if c), StatusCallback()]  # status last:
+    scheduler = (
+        instantiate(cfg.scheduler)(optimizer, total_steps=cfg.epochs * steps_per_epoch)
+        if cfg.scheduler
+        else None
+    )
+    callbacks = [
+        *(instantiate(c) for c in cfg.callbacks.values() if c),
+        StatusCallback(),
+    ]  # status last:
     # its last_epoch is written only once results and checkpoint of that epoch are on disk
     tracker = Tracker(callbacks)
     hparams["params"] = count_parameters(model)
-    state = RunState(cfg=cfg, run_dir=run_dir, name=run_dir.name, hparams=hparams, model=model,
-                     optimizer=optimizer, scheduler=scheduler, data=data, device=device)  # fmt: skip
+    state = RunState(
+        cfg=cfg,
+        run_dir=run_dir,
+        name=run_dir.name,
+        hparams=hparams,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        data=data,
+        device=device,
+    )
     if isinstance(resume, dict):  # continue exactly where the last finished epoch left off
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -194,8 +234,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     step_model = torch.compile(model) if cfg.runtime.compile else model
     nan_every = cfg.runtime.nan_check_interval or (1 if device.type == "cpu" else 50)
     select = "val_accuracy" if data.val is not None else "test_accuracy"
-    log.info("%s: %s, %d parameters, %s, %d threads, %d train images", run_dir, hparams["model"],
-             hparams["params"], device, threads, data.train.num_samples)  # fmt: skip
+    log.info(
+        "%s: %s, %d parameters, %s, %d threads, %d train images",
+        run_dir,
+        hparams["model"],
+        hparams["params"],
+        device,
+        threads,
+        data.train.num_samples,
+    )
 
     state.run_start = time.perf_counter()
     with StopOnSignal() as stop:
@@ -213,7 +260,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         break
                     with torch.autocast(device.type, torch.bfloat16, enabled=cfg.runtime.bf16):
                         preds = step_model(images)
-                        loss = F.cross_entropy(preds.float(), labels, label_smoothing=cfg.label_smoothing)
+                        loss = F.cross_entropy(
+                            preds.float(), labels, label_smoothing=cfg.label_smoothing
+                        )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -245,7 +294,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def epoch_row(state: RunState, data: Any, cfg: DictConfig, select: str) -> dict[str, Any]:
     """Evaluate, update the best-so-far, and build this epoch's results row."""
     if not torch.isfinite(state.running_loss):
-        raise NonFiniteLossError(f"loss became {state.running_loss.item()} in epoch {state.epoch} (lr={cfg.lr})")
+        raise NonFiniteLossError(
+            f"loss became {state.running_loss.item()} in epoch {state.epoch} (lr={cfg.lr})"
+        )
     seen = state.running_seen
     train_correct = int(state.running_correct.item())
     state.evals["test"] = evaluate(state.model, data.test, cfg.limit_test_batches)
@@ -261,7 +312,10 @@ def epoch_row(state: RunState, data: Any, cfg: DictConfig, select: str) -> dict[
     }
     if data.val is not None:
         state.evals["val"] = evaluate(state.model, data.val, keep_wrong=0)
-        row |= {"val_loss": state.evals["val"]["loss"], "val_accuracy": state.evals["val"]["accuracy"]}
+        row |= {
+            "val_loss": state.evals["val"]["loss"],
+            "val_accuracy": state.evals["val"]["accuracy"],
+        }
     row["lr_current"] = state.optimizer.param_groups[0]["lr"]
     now = time.perf_counter()
     row["epoch_duration"] = now - state.epoch_start
@@ -294,7 +348,10 @@ def main() -> None:
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         sweep.finish(failed_exit=False)
-        print(f"interrupted: rerun the same command to resume (see README, 'When things go wrong')", file=sys.stderr)
+        print(
+            "interrupted: rerun the same command to resume (see README, 'When things go wrong')",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
     except SystemExit:
         sweep.finish()

@@ -17,7 +17,9 @@ class RunError(ValueError):
     """Not a run, or a run without what was asked for; the message is one line."""
 
 
-def load_trained(run_dir: str | Path, which: str = "best") -> tuple[DictConfig, torch.nn.Module, dict[str, Any]]:
+def load_trained(
+    run_dir: str | Path, which: str = "best"
+) -> tuple[DictConfig, torch.nn.Module, dict[str, Any]]:
     run_dir = Path(run_dir)
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
@@ -25,7 +27,9 @@ def load_trained(run_dir: str | Path, which: str = "best") -> tuple[DictConfig, 
     path = checkpoint_path(run_dir, which)
     if not path.is_file():
         have = sorted(p.stem for p in path.parent.glob("*.pt"))
-        raise RunError(f"{run_dir} has no {which} checkpoint ({path}); available: {', '.join(have) or 'none'}")
+        raise RunError(
+            f"{run_dir} has no {which} checkpoint ({path}); available: {', '.join(have) or 'none'}"
+        )
     cfg = OmegaConf.load(saved)
     try:
         checkpoint = load_checkpoint(path)  # weights_only=True: no code runs from the file

@@ -75,8 +75,15 @@ def article_epochs(root: str, batch_size: int, epochs: int) -> list[float]:
 def project_epochs(root: str, batch_size: int, epochs: int, callbacks: str) -> list[float]:
     """This project's default path through train(cfg), with the default callbacks or none."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [f"data.root={root}", f"batch_size={batch_size}", f"epochs={epochs}",
-                                f"callbacks={callbacks}"])  # fmt: skip
+        cfg = compose(
+            "train",
+            [
+                f"data.root={root}",
+                f"batch_size={batch_size}",
+                f"epochs={epochs}",
+                f"callbacks={callbacks}",
+            ],
+        )
     with open_dict(cfg):
         cfg.callbacks["zz_timer"] = {"_target_": "__main__.make_timer"}
         if "progress" in cfg.callbacks:
@@ -110,7 +117,10 @@ def cpu_peak_gflops() -> tuple[float, str]:
         return float("nan"), "unknown CPU"
     flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
     mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
-    model = next((line.split(":")[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    model = next(
+        (line.split(":")[1].strip() for line in info.splitlines() if line.startswith("model name")),
+        "?",
+    )
     per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8  # 2 FMA units x lanes x 2
     cores = len(os.sched_getaffinity(0))
     return cores * (max(mhz) / 1000 if mhz else 2.0) * per_cycle, f"{model}, {cores} cores"
@@ -120,19 +130,36 @@ def sweep_grid(root: str, epochs: int) -> tuple[float, list[float]]:
     """The article's 4-run grid as one joblib sweep: wall seconds and each job's peak memory."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=joblib",
-                        "lr=0.01,0.001", "batch_size=100,1000", f"epochs={epochs}",
-                        f"hydra.sweep.dir={tmp}/sweep"], cwd=tmp, check=True, capture_output=True,
-                       env={**os.environ, "FMNIST_DATA": root})  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "-m",
+                "hydra/launcher=joblib",
+                "lr=0.01,0.001",
+                "batch_size=100,1000",
+                f"epochs={epochs}",
+                f"hydra.sweep.dir={tmp}/sweep",
+            ],
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "FMNIST_DATA": root},
+        )
         wall = time.perf_counter() - start
-        peaks = [json.loads(p.read_text()).get("peak_rss_mb", 0.0) for p in Path(tmp).rglob("status.json")]
+        peaks = [
+            json.loads(p.read_text()).get("peak_rss_mb", 0.0)
+            for p in Path(tmp).rglob("status.json")
+        ]
     return wall, peaks
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement (median)")
-    parser.add_argument("--grid-epochs", type=int, default=5, help="epochs per run of the 4-run grid")
+    parser.add_argument(
+        "--grid-epochs", type=int, default=5, help="epochs per run of the 4-run grid"
+    )
     parser.add_argument("--no-grid", action="store_true", help="skip the sweep measurement")
     parser.add_argument("--out", default=str(ROOT / "bench.json"))
     args = parser.parse_args()
@@ -148,9 +175,16 @@ def main() -> int:
             default += project_epochs(root, batch_size, args.epochs, "default")
             bare += project_epochs(root, batch_size, args.epochs, "none")
             torch.set_num_threads(len(os.sched_getaffinity(0)))
-        for name, times in (("article loop", article), ("fmnist default", default), ("fmnist callbacks off", bare)):
-            results[f"{name} @ {batch_size}"] = {"batch_size": batch_size, "epoch_s": statistics.median(times),
-                                                 "samples": [round(t, 3) for t in times]}  # fmt: skip
+        for name, times in (
+            ("article loop", article),
+            ("fmnist default", default),
+            ("fmnist callbacks off", bare),
+        ):
+            results[f"{name} @ {batch_size}"] = {
+                "batch_size": batch_size,
+                "epoch_s": statistics.median(times),
+                "samples": [round(t, 3) for t in times],
+            }
 
     flops = train_step_flops()
     peak, cpu = cpu_peak_gflops()
@@ -165,34 +199,63 @@ def main() -> int:
         ratio = results[f"fmnist default @ {bs}"]["ratio_vs_article"]
         checks.append((f"default epoch at batch {bs} <= {limit} x article", ratio, ratio <= limit))
     for bs in (100, 1000):
-        overhead = results[f"fmnist default @ {bs}"]["epoch_s"] / results[f"fmnist callbacks off @ {bs}"]["epoch_s"] - 1
+        overhead = (
+            results[f"fmnist default @ {bs}"]["epoch_s"]
+            / results[f"fmnist callbacks off @ {bs}"]["epoch_s"]
+            - 1
+        )
         checks.append((f"callbacks overhead at batch {bs} <= 10%", overhead, overhead <= 0.10))
 
     grid = {}
     if not args.no_grid:
-        sequential = sum(2 * args.grid_epochs * results[f"article loop @ {bs}"]["epoch_s"] for bs in (100, 1000))
+        sequential = sum(
+            2 * args.grid_epochs * results[f"article loop @ {bs}"]["epoch_s"] for bs in (100, 1000)
+        )
         wall, peaks = sweep_grid(root, args.grid_epochs)
-        grid = {"article_sequential_s": sequential, "sweep_joblib_s": wall, "ratio": wall / sequential,
-                "peak_rss_mb_per_job": peaks}  # fmt: skip
-        checks.append(("4-run grid as joblib sweep <= 0.35 x article sequential", grid["ratio"], grid["ratio"] <= 0.35))
+        grid = {
+            "article_sequential_s": sequential,
+            "sweep_joblib_s": wall,
+            "ratio": wall / sequential,
+            "peak_rss_mb_per_job": peaks,
+        }
+        checks.append(
+            (
+                "4-run grid as joblib sweep <= 0.35 x article sequential",
+                grid["ratio"],
+                grid["ratio"] <= 0.35,
+            )
+        )
         checks.append(("peak memory per job < 1024 MiB", max(peaks), max(peaks) < 1024))
 
     print(f"\nmachine: {cpu}; torch {torch.__version__}; python {platform.python_version()}")
-    print(f"training step: {flops / 1e6:.2f} MFLOP per image; CPU FP32 peak estimate {peak:.0f} GFLOP/s\n")
+    print(
+        f"training step: {flops / 1e6:.2f} MFLOP per image; CPU FP32 peak estimate {peak:.0f} GFLOP/s\n"
+    )
     print(f"{'case':<28} {'s/epoch':>8} {'img/s':>8} {'ratio':>6} {'GFLOP/s':>8} {'% peak':>7}")
     for key, r in rows:
-        print(f"{key:<28} {r['epoch_s']:>8.2f} {r['images_per_s']:>8.0f} {r['ratio_vs_article']:>6.2f} "
-              f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}%")  # fmt: skip
+        print(
+            f"{key:<28} {r['epoch_s']:>8.2f} {r['images_per_s']:>8.0f} {r['ratio_vs_article']:>6.2f} "
+            f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}%"
+        )
     if grid:
-        print(f"\n4-run grid, {args.grid_epochs} epochs each: article sequential {grid['article_sequential_s']:.1f} s "
-              f"(from the measured epochs), joblib sweep {grid['sweep_joblib_s']:.1f} s (measured, process start-up "
-              f"included): ratio {grid['ratio']:.2f}; peak memory per job {max(grid['peak_rss_mb_per_job']):.0f} MiB")
+        print(
+            f"\n4-run grid, {args.grid_epochs} epochs each: article sequential {grid['article_sequential_s']:.1f} s "
+            f"(from the measured epochs), joblib sweep {grid['sweep_joblib_s']:.1f} s (measured, process start-up "
+            f"included): ratio {grid['ratio']:.2f}; peak memory per job {max(grid['peak_rss_mb_per_job']):.0f} MiB"
+        )
     print("\ntargets:")
     for name, value, ok in checks:
         print(f"  [{'ok' if ok else 'MISSED'}] {name}: {value:.2f}")
-    out = {"machine": cpu, "torch": torch.__version__, "flops_per_image": flops, "peak_gflops_estimate": peak,
-           "cases": results, "grid": grid, "checks": [{"name": n, "value": v, "ok": ok} for n, v, ok in checks],
-           "measured_peak_rss_mb_bench_process": peak_rss_mb()}  # fmt: skip
+    out = {
+        "machine": cpu,
+        "torch": torch.__version__,
+        "flops_per_image": flops,
+        "peak_gflops_estimate": peak,
+        "cases": results,
+        "grid": grid,
+        "checks": [{"name": n, "value": v, "ok": ok} for n, v, ok in checks],
+        "measured_peak_rss_mb_bench_process": peak_rss_mb(),
+    }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0

@@ -30,24 +30,46 @@ def data_root() -> Path:
 def compose_cfg(overrides: list[str] | None = None, data_root: Path = DATA) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"data.root={data_root}", *(overrides or [])])
+        return compose(
+            config_name="train", overrides=[f"data.root={data_root}", *(overrides or [])]
+        )
 
 
 @pytest.fixture
 def cfg_quick(data_root: Path) -> DictConfig:
     """A default config cut to a few batches, for in-process runs."""
-    return compose_cfg(["epochs=2", "limit_train_batches=3", "limit_test_batches=2",
-                        "callbacks.progress.bar=false"], data_root)  # fmt: skip
+    return compose_cfg(
+        [
+            "epochs=2",
+            "limit_train_batches=3",
+            "limit_test_batches=2",
+            "callbacks.progress.bar=false",
+        ],
+        data_root,
+    )
 
 
-def run_train(args: list[str], cwd: Path, timeout: float = 300, check: bool = True,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_train(
+    args: list[str],
+    cwd: Path,
+    timeout: float = 300,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """`python train.py ARGS` in a subprocess, as a user types it (from `cwd`)."""
     full_env = {**os.environ, "FMNIST_DATA": str(DATA), "PYTHONUNBUFFERED": "1", **(env or {})}
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and done.returncode != 0:
-        raise AssertionError(f"train.py {args} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise AssertionError(
+            f"train.py {args} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return done
 
 
@@ -56,8 +78,18 @@ def sweep4(tmp_path_factory, data_root) -> Path:
     """A real 4-job sweep, as typed in the README, cut to a few batches per epoch."""
     cwd = tmp_path_factory.mktemp("sweep4")
     sweep_dir = cwd / "sweep"
-    run_train(["-m", "lr=0.01,0.001", "batch_size=100,1000", "epochs=2", "limit_train_batches=4",
-               "limit_test_batches=2", f"hydra.sweep.dir={sweep_dir}"], cwd=cwd)  # fmt: skip
+    run_train(
+        [
+            "-m",
+            "lr=0.01,0.001",
+            "batch_size=100,1000",
+            "epochs=2",
+            "limit_train_batches=4",
+            "limit_test_batches=2",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=cwd,
+    )
     return sweep_dir
 
 
@@ -66,5 +98,13 @@ def trained_run(tmp_path_factory, data_root) -> Path:
     """A short real run (2 epochs of 300 batches) with checkpoints and full test evaluation."""
     cwd = tmp_path_factory.mktemp("trained")
     run_dir = cwd / "run"
-    run_train(["epochs=2", "limit_train_batches=300", "callbacks.tensorboard=null", f"hydra.run.dir={run_dir}"], cwd=cwd)
+    run_train(
+        [
+            "epochs=2",
+            "limit_train_batches=300",
+            "callbacks.tensorboard=null",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=cwd,
+    )
     return run_dir

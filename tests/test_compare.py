@@ -46,10 +46,17 @@ def test_failed_and_incomplete_runs_are_listed_not_dropped(sweep):
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     failed, crashed = runs[0], runs[1]
     status = json.loads((failed / "status.json").read_text())
-    status |= {"status": "failed", "error": {"type": "NonFiniteLossError", "message": "loss became nan"}}
+    status |= {
+        "status": "failed",
+        "error": {"type": "NonFiniteLossError", "message": "loss became nan"},
+    }
     (failed / "status.json").write_text(json.dumps(status))
     status = json.loads((crashed / "status.json").read_text())
-    status |= {"status": "running", "pid": 2**22 + 12345, "last_epoch": 1}  # a pid that is not alive
+    status |= {
+        "status": "running",
+        "pid": 2**22 + 12345,
+        "last_epoch": 1,
+    }  # a pid that is not alive
     (crashed / "status.json").write_text(json.dumps(status))
     history = json.loads((crashed / "results.json").read_text())[:1]
     (crashed / "results.json").write_text(json.dumps(history))
@@ -84,6 +91,8 @@ def test_bad_path_is_a_one_line_error(tmp_path, make):
     path = tmp_path / "nothing"
     if make == "empty":
         path.mkdir()
-    done = subprocess.run([sys.executable, "-m", "fmnist.compare", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist.compare", str(path)], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:")

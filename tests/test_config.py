@@ -10,7 +10,13 @@ from tests.conftest import CONF, compose_cfg
 
 def test_default_config_has_the_articles_hyperparameters():
     cfg = compose_cfg()
-    assert (cfg.lr, cfg.batch_size, cfg.shuffle, cfg.epochs, cfg.device) == (0.01, 100, True, 5, "auto")
+    assert (cfg.lr, cfg.batch_size, cfg.shuffle, cfg.epochs, cfg.device) == (
+        0.01,
+        100,
+        True,
+        5,
+        "auto",
+    )
     assert cfg.model._target_.endswith("SeedCNN")
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.01
     assert set(cfg.callbacks) == {"tensorboard", "results", "checkpoint", "progress"}
@@ -31,7 +37,8 @@ def test_optimizer_follows_top_level_lr():
 
 
 @pytest.mark.parametrize(
-    "override", ["lr=abc", "batch_size=abc", "shuffle=maybe", "epochs=1.5", "data.loader=fast", "lrr=0.1"]
+    "override",
+    ["lr=abc", "batch_size=abc", "shuffle=maybe", "epochs=1.5", "data.loader=fast", "lrr=0.1"],
 )
 def test_wrong_types_and_unknown_keys_fail_at_composition(override):
     with pytest.raises((ConfigCompositionException, ValidationError)) as info:
@@ -41,9 +48,15 @@ def test_wrong_types_and_unknown_keys_fail_at_composition(override):
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("lr=0", "lr"), ("lr=-1", "lr"), ("batch_size=0", "batch_size"), ("epochs=0", "epochs"),
-     ("device=tpu", "device"), ("data.val_size=60000", "data.val_size"),
-     ("limit_train_batches=0", "limit_train_batches")],  # fmt: skip
+    [
+        ("lr=0", "lr"),
+        ("lr=-1", "lr"),
+        ("batch_size=0", "batch_size"),
+        ("epochs=0", "epochs"),
+        ("device=tpu", "device"),
+        ("data.val_size=60000", "data.val_size"),
+        ("limit_train_batches=0", "limit_train_batches"),
+    ],
 )
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"^{key}="):
@@ -61,7 +74,11 @@ def test_article_sweep_yaml_is_the_articles_grid():
     from hydra.core.hydra_config import HydraConfig  # noqa: F401
 
     text = (CONF / "sweep" / "article.yaml").read_text()
-    assert "lr: 0.01,0.001" in text and "batch_size: 100,1000" in text and "shuffle: true,false" in text
+    assert (
+        "lr: 0.01,0.001" in text
+        and "batch_size: 100,1000" in text
+        and "shuffle: true,false" in text
+    )
     assert cfg.lr == 0.01  # composes as a normal config; the sweeper expands the grid
 
 

@@ -39,7 +39,12 @@ def test_truncated_file_is_a_one_line_error(data_root, tmp_path):
     with pytest.raises(DataError) as info:
         load_tensors(tmp_path)
     message = str(info.value)
-    assert "\n" not in message and str(path) in message and "truncated" in message and "make data" in message
+    assert (
+        "\n" not in message
+        and str(path) in message
+        and "truncated" in message
+        and "make data" in message
+    )
 
 
 def test_bad_header_and_corrupt_content_are_errors(data_root, tmp_path):
@@ -61,7 +66,10 @@ def test_debian_files_are_decompressed(data_root, tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     debian.mkdir()
     for spec in FILES:  # recompressed like Debian's (so torchvision's md5 would not match)
-        with (raw_dir(data_root) / spec.name).open("rb") as fin, gzip.open(debian / f"{spec.name}.gz", "wb", compresslevel=1) as fout:
+        with (
+            (raw_dir(data_root) / spec.name).open("rb") as fin,
+            gzip.open(debian / f"{spec.name}.gz", "wb", compresslevel=1) as fout,
+        ):
             shutil.copyfileobj(fin, fout)
     monkeypatch.setattr(files, "DEBIAN_DIR", debian)
     root = tmp_path / "root"
@@ -79,10 +87,16 @@ def test_missing_everywhere_names_every_way(tmp_path, monkeypatch):
 
 
 def test_two_processes_preparing_at_once_do_not_corrupt(tmp_path):
-    code = ("import sys; from fmnist.data.tensors import load_tensors; "
-            "t = load_tensors(sys.argv[1]); print(len(t['train_labels']))")  # fmt: skip
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]  # fmt: skip
+    code = (
+        "import sys; from fmnist.data.tensors import load_tensors; "
+        "t = load_tensors(sys.argv[1]); print(len(t['train_labels']))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outs == ["60000", "60000"]
     for spec in FILES:
@@ -104,14 +118,21 @@ def test_shuffled_epochs_are_seeded_permutations_with_partial_last_batch(data_ro
     tensors = load_tensors(data_root)
     images, labels = tensors["test_images"][:250], tensors["test_labels"][:250]
     loader = MemoryLoader(images, labels, batch_size=100, shuffle=True, seed=3)
-    tv = TorchvisionLoader(str(data_root), train=False, indices=torch.arange(250), batch_size=100, shuffle=True, seed=3)
+    tv = TorchvisionLoader(
+        str(data_root), train=False, indices=torch.arange(250), batch_size=100, shuffle=True, seed=3
+    )
     e1 = [x for x, _ in loader.epoch(1)]
     assert [len(x) for x in e1] == [100, 100, 50]
-    key = lambda xs: sorted(map(bytes, (torch.cat(xs) * 255).round().to(torch.uint8).flatten(1).numpy()))  # noqa: E731
+
+    def key(xs):
+        return sorted(map(bytes, (torch.cat(xs) * 255).round().to(torch.uint8).flatten(1).numpy()))  # noqa: E731
+
     assert key(e1) == key([x for x, _ in tv.epoch(1)])  # same multiset as the DataLoader path
     assert key(e1) == key([images.unsqueeze(1).float() / 255])
     assert torch.equal(torch.cat(e1), torch.cat([x for x, _ in loader.epoch(1)]))  # seeded
-    assert not torch.equal(torch.cat(e1), torch.cat([x for x, _ in loader.epoch(2)]))  # new each epoch
+    assert not torch.equal(
+        torch.cat(e1), torch.cat([x for x, _ in loader.epoch(2)])
+    )  # new each epoch
 
 
 def test_validation_split_is_disjoint_and_stable():
@@ -123,6 +144,10 @@ def test_validation_split_is_disjoint_and_stable():
 
 
 def test_prepare_command_reports_ready(data_root):
-    done = subprocess.run([sys.executable, "-m", "fmnist.data.prepare", "--root", str(data_root)],
-                          capture_output=True, text=True, env={**os.environ})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist.data.prepare", "--root", str(data_root)],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
     assert done.returncode == 0 and "60,000 train and 10,000 test images" in done.stdout

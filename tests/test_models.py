@@ -11,12 +11,17 @@ def test_seed_cnn_is_the_articles_network():
     net = SeedCNN()
     shapes = {name: tuple(p.shape) for name, p in net.named_parameters()}
     assert shapes == {
-        "conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,),
-        "conv2.weight": (12, 6, 5, 5), "conv2.bias": (12,),
-        "fc1.weight": (120, 192), "fc1.bias": (120,),
-        "fc2.weight": (60, 120), "fc2.bias": (60,),
-        "out.weight": (10, 60), "out.bias": (10,),
-    }  # fmt: skip
+        "conv1.weight": (6, 1, 5, 5),
+        "conv1.bias": (6,),
+        "conv2.weight": (12, 6, 5, 5),
+        "conv2.bias": (12,),
+        "fc1.weight": (120, 192),
+        "fc1.bias": (120,),
+        "fc2.weight": (60, 120),
+        "fc2.bias": (60,),
+        "out.weight": (10, 60),
+        "out.bias": (10,),
+    }
     assert count_parameters(net) == 156 + 1812 + 23160 + 7260 + 610 == 32998
 
 

@@ -14,18 +14,29 @@ from tests.conftest import CONF, compose_cfg
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_preset_runs_a_few_batches(preset, data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg([f"experiment={preset}", "epochs=1", "limit_train_batches=2", "limit_test_batches=1"], data_root)
+    cfg = compose_cfg(
+        [f"experiment={preset}", "epochs=1", "limit_train_batches=2", "limit_test_batches=1"],
+        data_root,
+    )
     with open_dict(cfg):
         cfg.callbacks.progress.bar = False
     row = train(cfg)
     assert row["epoch"] == 1 and 0 <= row["test_accuracy"] <= 1
     if cfg.data.val_size:
-        assert "val_accuracy" in row and torch.load(tmp_path / "checkpoints" / "best.pt")["best"]["metric"] == "val_accuracy"
+        assert (
+            "val_accuracy" in row
+            and torch.load(tmp_path / "checkpoints" / "best.pt")["best"]["metric"] == "val_accuracy"
+        )
 
 
 def test_presets_say_what_they_claim():
     article = compose_cfg(["experiment=article"])
-    assert (article.lr, article.batch_size, article.shuffle, article.epochs) == (0.01, 100, False, 5)
+    assert (article.lr, article.batch_size, article.shuffle, article.epochs) == (
+        0.01,
+        100,
+        False,
+        5,
+    )
     assert article.model._target_.endswith("SeedCNN") and article.data.loader.value == "torchvision"
     best = compose_cfg(["experiment=best"])
     assert best.data.val_size == 5000 and best.data.augment.crop_padding == 2
@@ -35,8 +46,14 @@ def test_augmentation_keeps_shapes_range_and_labels(data_root):
     tensors = load_tensors(data_root)
     images, labels = tensors["test_images"][:512], tensors["test_labels"][:512]
     plain = MemoryLoader(images, labels, 128, shuffle=True, seed=1)
-    augmented = MemoryLoader(images, labels, 128, shuffle=True, seed=1,
-                             augment=Augment(crop_padding=2, hflip=True, erasing=0.5))  # fmt: skip
+    augmented = MemoryLoader(
+        images,
+        labels,
+        128,
+        shuffle=True,
+        seed=1,
+        augment=Augment(crop_padding=2, hflip=True, erasing=0.5),
+    )
     changed = 0
     for (x0, y0), (x1, y1) in zip(plain.epoch(3), augmented.epoch(3), strict=True):
         assert x1.shape == x0.shape and x1.dtype == torch.float32
@@ -63,8 +80,16 @@ def test_each_augmentation_does_its_job():
 @pytest.mark.parametrize("name", ["cosine", "onecycle"])
 def test_schedules_step_per_batch_and_are_logged(name, data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg([f"scheduler={name}", "epochs=2", "limit_train_batches=5", "limit_test_batches=1",
-                       "callbacks.progress.bar=false"], data_root)  # fmt: skip
+    cfg = compose_cfg(
+        [
+            f"scheduler={name}",
+            "epochs=2",
+            "limit_train_batches=5",
+            "limit_test_batches=1",
+            "callbacks.progress.bar=false",
+        ],
+        data_root,
+    )
     train(cfg)
     import json
 

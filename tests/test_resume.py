@@ -25,8 +25,14 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "FMNIST_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for_epoch(run_dir: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -66,7 +72,9 @@ def test_kill9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_at_a_batch_and_saves(tmp_path, sig):
     run_dir = tmp_path / "run"
-    proc = start(["epochs=20", "limit_train_batches=200", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    proc = start(
+        ["epochs=20", "limit_train_batches=200", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
     wait_for_epoch(run_dir, 1, proc)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
@@ -83,7 +91,14 @@ def test_signal_stops_at_a_batch_and_saves(tmp_path, sig):
 
 def test_sweep_with_a_diverging_job_reports_it_and_resumes(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", "lr=0.001,1e12", "epochs=2", "limit_train_batches=30", *QUICK, f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        "-m",
+        "lr=0.001,1e12",
+        "epochs=2",
+        "limit_train_batches=30",
+        *QUICK,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     done = run_train(args, cwd=tmp_path, check=False)
     out = done.stdout + done.stderr
     assert done.returncode != 0
@@ -106,7 +121,14 @@ def test_sweep_with_a_diverging_job_reports_it_and_resumes(tmp_path):
 
 def test_rerunning_a_finished_sweep_trains_nothing(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", "lr=0.01,0.001", "epochs=1", "limit_train_batches=3", *QUICK, f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        "-m",
+        "lr=0.01,0.001",
+        "epochs=1",
+        "limit_train_batches=3",
+        *QUICK,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     run_train(args, cwd=tmp_path)
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
     done = run_train(args, cwd=tmp_path)
@@ -116,10 +138,15 @@ def test_rerunning_a_finished_sweep_trains_nothing(tmp_path):
 
 def test_a_directory_holding_another_run_is_not_overwritten(tmp_path):
     run_dir = tmp_path / "run"
-    run_train(["epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    run_train(
+        ["epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
     before = (run_dir / "results.json").read_text()
-    done = run_train(["lr=0.5", "epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={run_dir}"],
-                     cwd=tmp_path, check=False)  # fmt: skip
+    done = run_train(
+        ["lr=0.5", "epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        check=False,
+    )
     assert done.returncode != 0 and "already holds a different run" in done.stderr
     assert "lr: 0.01 -> 0.5" in done.stderr
     assert (run_dir / "results.json").read_text() == before
@@ -127,7 +154,9 @@ def test_a_directory_holding_another_run_is_not_overwritten(tmp_path):
 
 def test_resume_a_completed_run_with_more_epochs(tmp_path):
     run_dir = tmp_path / "run"
-    run_train(["epochs=1", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    run_train(
+        ["epochs=1", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
     run_train([f"resume={run_dir}", "epochs=2"], cwd=tmp_path)
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2]
 

@@ -31,9 +31,21 @@ def get(url: str, body: dict | None = None):
 def tensorboard(sweep4: Path):
     port = free_port()
     tb = Path(sys.executable).parent / "tensorboard"
-    proc = subprocess.Popen([str(tb), "--logdir", str(sweep4), "--host", "127.0.0.1", "--port", str(port),
-                             "--reload_interval", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            str(tb),
+            "--logdir",
+            str(sweep4),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -67,13 +79,26 @@ def test_tensorboard_shows_one_run_per_job_with_everything(tensorboard):
         assert {"images", "ConfusionMatrix/test", "Misclassified/test"} <= set(images[run])
         assert graphs[run]["run_graph"] is True
 
-    series = get(f"{tensorboard}/data/plugin/scalars/scalars?run={urllib.request.quote(next(iter(JOBS)))}&tag=Accuracy/test")
+    series = get(
+        f"{tensorboard}/data/plugin/scalars/scalars?run={urllib.request.quote(next(iter(JOBS)))}&tag=Accuracy/test"
+    )
     assert [point[1] for point in series] == [1, 2]  # one point per epoch
 
-    groups = get(f"{tensorboard}/data/plugin/hparams/session_groups", {
-        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-        "colParams": [], "startIndex": 0, "sliceSize": 100,
-    })["sessionGroups"]  # fmt: skip
+    groups = get(
+        f"{tensorboard}/data/plugin/hparams/session_groups",
+        {
+            "experimentName": "",
+            "allowedStatuses": [
+                "STATUS_UNKNOWN",
+                "STATUS_SUCCESS",
+                "STATUS_FAILURE",
+                "STATUS_RUNNING",
+            ],
+            "colParams": [],
+            "startIndex": 0,
+            "sliceSize": 100,
+        },
+    )["sessionGroups"]
     assert len(groups) == 4
     seen = set()
     for group in groups:

@@ -80,8 +80,22 @@ def test_results_rows(cfg_quick, in_tmp):
     rows = list(csv.DictReader((in_tmp / "results.csv").open()))
     as_json = json.loads((in_tmp / "results.json").read_text())
     assert [r["epoch"] for r in rows] == ["1", "2"] and len(as_json) == 2
-    for key in ("run", "epoch", "loss", "accuracy", "test_loss", "test_accuracy", "epoch_duration",
-                "run_duration", "lr", "batch_size", "shuffle", "model", "optimizer", "seed"):  # fmt: skip
+    for key in (
+        "run",
+        "epoch",
+        "loss",
+        "accuracy",
+        "test_loss",
+        "test_accuracy",
+        "epoch_duration",
+        "run_duration",
+        "lr",
+        "batch_size",
+        "shuffle",
+        "model",
+        "optimizer",
+        "seed",
+    ):
         assert key in rows[0], key
     assert as_json[-1]["model"] == "SeedCNN" or as_json[-1]["model"] == "seed_cnn"
     assert as_json[-1] == row
@@ -90,8 +104,18 @@ def test_results_rows(cfg_quick, in_tmp):
     assert as_json[0]["test_num_correct"] == round(as_json[0]["test_accuracy"] * 2000)
     assert float(rows[1]["run_duration"]) >= float(rows[0]["run_duration"])
     matrix = list(csv.reader((in_tmp / "confusion_matrix.csv").open()))
-    assert matrix[0][1:] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                             "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+    assert matrix[0][1:] == [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ]
     assert sum(int(v) for r in matrix[1:] for v in r[1:]) == 2000
 
 
@@ -144,5 +168,8 @@ def test_same_seed_same_results(cfg_quick, tmp_path, monkeypatch):
         torch.manual_seed(123 if name == "a" else 456)  # global state must not matter
         train(cfg_quick)
         rows.append(json.loads((tmp_path / name / "results.json").read_text()))
-    strip = lambda rs: [{k: v for k, v in r.items() if "duration" not in k and k != "run"} for r in rs]  # noqa: E731
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if "duration" not in k and k != "run"} for r in rs]  # noqa: E731
+
     assert strip(rows[0]) == strip(rows[1])

@@ -17,7 +17,12 @@ pytestmark = pytest.mark.slow
 
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"fmnist.{module}", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("which", ["best", "last"])
@@ -30,7 +35,11 @@ def test_evaluate_reproduces_the_recorded_accuracy(trained_run, which):
     assert result["accuracy"] == recorded["test_accuracy"]
     assert result["loss"] == pytest.approx(recorded["test_loss"], rel=1e-5)
     assert sum(r["support"] for r in result["per_class"]) == 10000
-    assert "Ankle boot" in done.stdout and "precision" in done.stdout and "confusion matrix" in done.stdout
+    assert (
+        "Ankle boot" in done.stdout
+        and "precision" in done.stdout
+        and "confusion matrix" in done.stdout
+    )
     with Image.open(trained_run / "confusion_matrix.png") as image:
         assert image.width > 300
 
@@ -52,12 +61,17 @@ def test_predict_matches_the_model_on_stored_inverted_and_scaled_pngs(trained_ru
     for k, img in enumerate(images):
         stored = Image.fromarray(img.numpy())
         stored.save(tmp_path / f"stored{k}.png")
-        Image.fromarray(255 - img.numpy()).convert("RGB").save(tmp_path / f"inverted{k}.jpg", quality=95)
+        Image.fromarray(255 - img.numpy()).convert("RGB").save(
+            tmp_path / f"inverted{k}.jpg", quality=95
+        )
         # scaled up 200/28 and placed on a 200x300 canvas: a big picture of another shape
         canvas = Image.new("L", (200, 300), 0)
         canvas.paste(stored.resize((200, 200), Image.Resampling.BICUBIC), (0, 50))
         canvas.save(tmp_path / f"scaled{k}.png")
-        paths += [tmp_path / f"{kind}{k}.{'jpg' if kind == 'inverted' else 'png'}" for kind in ("stored", "inverted", "scaled")]
+        paths += [
+            tmp_path / f"{kind}{k}.{'jpg' if kind == 'inverted' else 'png'}"
+            for kind in ("stored", "inverted", "scaled")
+        ]
     assert torch.equal(load_image(tmp_path / "stored0.png").squeeze(0), images[0].float() / 255)
     done = cli("predict", trained_run, *paths, "--json")
     assert done.returncode == 0, done.stderr
@@ -67,7 +81,10 @@ def test_predict_matches_the_model_on_stored_inverted_and_scaled_pngs(trained_ru
     for k in range(len(images)):
         got = [a["top"][0]["class"] for a in answers[3 * k : 3 * k + 3]]
         assert got == [CLASSES[expected[k]]] * 3, (k, got)
-    assert len(answers[0]["top"]) == 3 and abs(sum(g["probability"] for g in answers[0]["top"]) - 1) < 0.2
+    assert (
+        len(answers[0]["top"]) == 3
+        and abs(sum(g["probability"] for g in answers[0]["top"]) - 1) < 0.2
+    )
 
 
 def test_predict_bad_inputs_answer_for_the_good_ones(trained_run, tmp_path):
@@ -77,7 +94,10 @@ def test_predict_bad_inputs_answer_for_the_good_ones(trained_run, tmp_path):
     done = cli("predict", trained_run, good, tmp_path / "missing.png", tmp_path / "fake.png")
     assert done.returncode == 1
     assert "good.png:" in done.stdout
-    assert "missing.png: no such file" in done.stderr and "fake.png: not a readable image" in done.stderr
+    assert (
+        "missing.png: no such file" in done.stderr
+        and "fake.png: not a readable image" in done.stderr
+    )
     assert "Traceback" not in done.stderr
 
 
@@ -86,7 +106,9 @@ def test_run_errors_are_one_line(trained_run, tmp_path):
     assert not_run.returncode == 2 and "is not a run directory" in not_run.stderr
     no_ckpt = tmp_path / "run"
     (no_ckpt / ".hydra").mkdir(parents=True)
-    (no_ckpt / ".hydra" / "config.yaml").write_text((trained_run / ".hydra" / "config.yaml").read_text())
+    (no_ckpt / ".hydra" / "config.yaml").write_text(
+        (trained_run / ".hydra" / "config.yaml").read_text()
+    )
     for module, extra in (("evaluate", []), ("predict", [tmp_path / "x.png"])):
         done = cli(module, no_ckpt, *extra)
         assert done.returncode == 2 and "has no best checkpoint" in done.stderr

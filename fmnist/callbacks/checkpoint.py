@@ -34,4 +34,3 @@ class CheckpointCallback(Callback):
             save_checkpoint(checkpoint_path(state.run_dir, "best"), resume_payload(state))
         if self.save_last:
             save_checkpoint(checkpoint_path(state.run_dir, "last"), resume_payload(state))
-

@@ -36,9 +36,12 @@ class ProgressCallback(Callback):
             if state.cfg.limit_train_batches:
                 total = min(total, state.cfg.limit_train_batches)
             self.bar = tqdm(
-                total=total, desc=f"epoch {state.epoch}/{state.cfg.epochs}", leave=False,
-                dynamic_ncols=True, unit="batch",
-            )  # fmt: skip
+                total=total,
+                desc=f"epoch {state.epoch}/{state.cfg.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+                unit="batch",
+            )
 
     def on_batch_end(self, state: RunState, batch_idx: int) -> None:
         if self.bar is None:
@@ -58,7 +61,12 @@ class ProgressCallback(Callback):
         columns = [c for c in COLUMNS if c[0] in row]
         extra = [k for k in ("val_accuracy",) if k in row]
         if not self._header_done:
-            log.info("%s", " ".join(h.format(name) for name, h, _ in columns + [(k, "{:>12}", "") for k in extra]))
+            log.info(
+                "%s",
+                " ".join(
+                    h.format(name) for name, h, _ in columns + [(k, "{:>12}", "") for k in extra]
+                ),
+            )
             self._header_done = True
         cells = [fmt.format(row[name]) for name, _, fmt in columns]
         cells += [f"{row[k]:>12.4f}" for k in extra]

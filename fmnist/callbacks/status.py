@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import resource
-import sys
 import socket
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any

@@ -82,7 +82,11 @@ class TensorBoardCallback(Callback):
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         w, epoch = self.writer, state.epoch
         for tag, column in SCALARS.items():
-            if column in row and isinstance(row[column], int | float) and math.isfinite(row[column]):
+            if (
+                column in row
+                and isinstance(row[column], int | float)
+                and math.isfinite(row[column])
+            ):
                 w.add_scalar(tag, row[column], epoch)
         if self.histogram_interval and epoch % self.histogram_interval == 0:
             for name, param in state.model.named_parameters():
@@ -91,9 +95,13 @@ class TensorBoardCallback(Callback):
                     w.add_histogram(f"{name}.grad", param.grad.detach().float().cpu(), epoch)
         test = state.evals.get("test")
         if test is not None and self.figure_interval and epoch % self.figure_interval == 0:
-            w.add_image("ConfusionMatrix/test", confusion_image(test["confusion"]), epoch, dataformats="HWC")
+            w.add_image(
+                "ConfusionMatrix/test", confusion_image(test["confusion"]), epoch, dataformats="HWC"
+            )
             if len(test["wrong_images"]):
-                grid = misclassified_image(test["wrong_images"], test["wrong_preds"], test["wrong_targets"])
+                grid = misclassified_image(
+                    test["wrong_images"], test["wrong_preds"], test["wrong_targets"]
+                )
                 w.add_image("Misclassified/test", grid, epoch, dataformats="HWC")
         w.flush()
 
@@ -119,5 +127,7 @@ def session_end(status: str) -> Summary:
         version=metadata.PLUGIN_DATA_VERSION,
     ).SerializeToString()
     plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content)
-    value = Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin))
+    value = Summary.Value(
+        tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin)
+    )
     return Summary(value=[value])

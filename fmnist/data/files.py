@@ -37,22 +37,34 @@ class IdxFile:
 
 FILES = (
     IdxFile(
-        "train-images-idx3-ubyte", 2051, 60000, 47040016,
+        "train-images-idx3-ubyte",
+        2051,
+        60000,
+        47040016,
         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     ),
     IdxFile(
-        "train-labels-idx1-ubyte", 2049, 60000, 60008,
+        "train-labels-idx1-ubyte",
+        2049,
+        60000,
+        60008,
         "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
     ),
     IdxFile(
-        "t10k-images-idx3-ubyte", 2051, 10000, 7840016,
+        "t10k-images-idx3-ubyte",
+        2051,
+        10000,
+        7840016,
         "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     ),
     IdxFile(
-        "t10k-labels-idx1-ubyte", 2049, 10000, 10008,
+        "t10k-labels-idx1-ubyte",
+        2049,
+        10000,
+        10008,
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     ),
-)  # fmt: skip
+)
 
 
 class DataError(RuntimeError):

@@ -63,7 +63,10 @@ class MemoryLoader:
         order = torch.randperm(n, generator=gen) if self.shuffle else None
         for start in range(0, n, self.batch_size):
             if order is None:
-                x, y = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+                x, y = (
+                    self.images[start : start + self.batch_size],
+                    self.labels[start : start + self.batch_size],
+                )
             else:
                 idx = order[start : start + self.batch_size].to(self.images.device)
                 x, y = self.images[idx], self.labels[idx]
@@ -133,7 +136,12 @@ class FashionMNISTData:
 
 
 def build_data(
-    cfg: DictConfig, batch_size: int, shuffle: bool, seed: int, device: torch.device, channels_last: bool
+    cfg: DictConfig,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    device: torch.device,
+    channels_last: bool,
 ) -> FashionMNISTData:
     """The three loaders a run needs, from the `data` config group."""
     tensors = load_tensors(cfg.root, download=cfg.download)  # checks files, builds the cache
@@ -141,9 +149,11 @@ def build_data(
     augment = Augment(**cfg.augment)
     common = {"device": device, "channels_last": channels_last}
     if str(cfg.loader.value if hasattr(cfg.loader, "value") else cfg.loader) == "torchvision":
+
         def make(train: bool, idx, bs, shuf, aug=None):  # noqa: ANN001, ANN202
             return TorchvisionLoader(cfg.root, train, idx, bs, shuf, seed, aug, **common)
     else:
+
         def make(train: bool, idx, bs, shuf, aug=None):  # noqa: ANN001, ANN202
             prefix = "train" if train else "test"
             images, labels = tensors[f"{prefix}_images"], tensors[f"{prefix}_labels"]
