@@ -178,15 +178,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     hparams = flat_hparams(cfg)
     resume = prepare_run_dir(run_dir, hparams, cfg.epochs)
     if resume == "skip":
-        row = read_status(run_dir)
+        status = read_status(run_dir)
         log.info(
             "%s already completed %d epochs (test accuracy %s): nothing to do",
             run_dir,
-            row["last_epoch"],
-            row.get("test_accuracy"),
+            status["last_epoch"],
+            status.get("test_accuracy"),
         )
-        return {"test_accuracy": row.get("test_accuracy"), "skipped": True}
+        return {"test_accuracy": status.get("test_accuracy"), "skipped": True}
+    state, tracker = build_run(cfg, run_dir, hparams)
+    if isinstance(resume, dict):
+        restore(state, resume)
+    return fit(state, tracker)
 
+
+def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> tuple[RunState, Tracker]:
+    """Threads, device, data, model, optimizer, schedule and callbacks, all from the config."""
     threads = configure(cfg.runtime)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
@@ -197,19 +204,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    steps_per_epoch = min(len(data.train), cfg.limit_train_batches or len(data.train))
-    scheduler = (
-        instantiate(cfg.scheduler)(optimizer, total_steps=cfg.epochs * steps_per_epoch)
-        if cfg.scheduler
-        else None
-    )
-    callbacks = [
-        *(instantiate(c) for c in cfg.callbacks.values() if c),
-        StatusCallback(),
-    ]  # status last:
-    # its last_epoch is written only once results and checkpoint of that epoch are on disk
-    tracker = Tracker(callbacks)
+    steps = cfg.epochs * min(len(data.train), cfg.limit_train_batches or len(data.train))
+    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps) if cfg.scheduler else None
+    # status.json last: it records an epoch only once that epoch's results and checkpoint exist
+    tracker = Tracker([*(instantiate(c) for c in cfg.callbacks.values() if c), StatusCallback()])
     hparams["params"] = count_parameters(model)
+    log.info(
+        "%s: %s, %d parameters, %s, %d threads, %d train images",
+        run_dir,
+        hparams["model"],
+        hparams["params"],
+        device,
+        threads,
+        data.train.num_samples,
+    )
     state = RunState(
         cfg=cfg,
         run_dir=run_dir,
@@ -221,29 +229,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         data=data,
         device=device,
     )
-    if isinstance(resume, dict):  # continue exactly where the last finished epoch left off
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None and resume["scheduler"] is not None:
-            scheduler.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
-        state.start_epoch = state.epoch = resume["epoch"]
-        state.step, state.history, state.best = resume["step"], resume["history"], resume["best"]
-        state.extra, state.previous_duration = resume["extra"], resume["duration"]
-        log.info("resuming %s after epoch %d", run_dir, state.start_epoch)
-    step_model = torch.compile(model) if cfg.runtime.compile else model
-    nan_every = cfg.runtime.nan_check_interval or (1 if device.type == "cpu" else 50)
-    select = "val_accuracy" if data.val is not None else "test_accuracy"
-    log.info(
-        "%s: %s, %d parameters, %s, %d threads, %d train images",
-        run_dir,
-        hparams["model"],
-        hparams["params"],
-        device,
-        threads,
-        data.train.num_samples,
-    )
+    return state, tracker
 
+
+def restore(state: RunState, checkpoint: dict[str, Any]) -> None:
+    """Continue exactly where the last finished epoch left off (RNG states included)."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if state.scheduler is not None and checkpoint["scheduler"] is not None:
+        state.scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_state(checkpoint["rng"])
+    state.start_epoch = state.epoch = checkpoint["epoch"]
+    state.step, state.history, state.best = (
+        checkpoint["step"],
+        checkpoint["history"],
+        checkpoint["best"],
+    )
+    state.extra, state.previous_duration = checkpoint["extra"], checkpoint["duration"]
+    log.info("resuming %s after epoch %d", state.run_dir, state.start_epoch)
+
+
+def fit(state: RunState, tracker: Tracker) -> dict[str, Any]:
+    """The training loop: it calls the tracker's hooks and knows nothing of files."""
+    cfg, model, optimizer, scheduler, data = (
+        state.cfg,
+        state.model,
+        state.optimizer,
+        state.scheduler,
+        state.data,
+    )
+    device, rt = state.device, cfg.runtime
+    step_model = torch.compile(model) if rt.compile else model
+    nan_every = rt.nan_check_interval or (1 if device.type == "cpu" else 50)  # a check syncs a GPU
+    select = "val_accuracy" if data.val is not None else "test_accuracy"  # what best.pt follows
     state.run_start = time.perf_counter()
     with StopOnSignal() as stop:
         try:
@@ -258,7 +276,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 for batch_idx, (images, labels) in enumerate(data.train.epoch(epoch)):
                     if cfg.limit_train_batches and batch_idx >= cfg.limit_train_batches:
                         break
-                    with torch.autocast(device.type, torch.bfloat16, enabled=cfg.runtime.bf16):
+                    with torch.autocast(device.type, torch.bfloat16, enabled=rt.bf16):
                         preds = step_model(images)
                         loss = F.cross_entropy(
                             preds.float(), labels, label_smoothing=cfg.label_smoothing
@@ -269,18 +287,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     if scheduler is not None:
                         scheduler.step()  # per batch: cosine and one-cycle need it
                     state.step += 1
-                    state.running_loss += loss.detach() * len(labels)  # per sample, exact for
+                    state.running_loss += loss.detach() * len(labels)  # per sample: exact for
                     state.running_correct += (preds.argmax(1) == labels).sum()  # a short batch
                     state.running_seen += len(labels)
                     if state.step % nan_every == 0 and not torch.isfinite(state.running_loss):
                         raise NonFiniteLossError(
-                            f"loss became {state.running_loss.item()} at epoch {epoch}, batch {batch_idx + 1} "
-                            f"(lr={cfg.lr}): lower the learning rate"
+                            f"loss became {state.running_loss.item()} at epoch {epoch}, "
+                            f"batch {batch_idx + 1} (lr={cfg.lr}): lower the learning rate"
                         )
                     tracker.on_batch_end(state, batch_idx)
                     stop.check()
-                row = epoch_row(state, data, cfg, select)
-                tracker.on_epoch_end(state, row)
+                tracker.on_epoch_end(state, epoch_row(state, select))
                 stop.check()
             tracker.on_run_end(state)
         except BaseException as exc:
@@ -291,8 +308,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return state.history[-1]
 
 
-def epoch_row(state: RunState, data: Any, cfg: DictConfig, select: str) -> dict[str, Any]:
+def epoch_row(state: RunState, select: str) -> dict[str, Any]:
     """Evaluate, update the best-so-far, and build this epoch's results row."""
+    cfg, data = state.cfg, state.data
     if not torch.isfinite(state.running_loss):
         raise NonFiniteLossError(
             f"loss became {state.running_loss.item()} in epoch {state.epoch} (lr={cfg.lr})"

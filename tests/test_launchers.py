@@ -23,7 +23,7 @@ def test_article_grid_from_yaml(tmp_path):
     sweep = tmp_path / "sweep"
     run_train(["+sweep=article", *TINY, "callbacks=none", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     names = [d.name for d in job_dirs(sweep)]
-    assert len(names) == 8 and "batch_size=100,epochs=1,lr=0.01,shuffle=false" in names
+    assert len(names) == 8 and "batch_size=100,epochs=1,lr=0.01,shuffle=False" in names
     assert statuses(sweep) == ["completed"] * 8
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from fmnist.config import Loader
 from fmnist.data.augment import Augment
 from fmnist.data.tensors import load_tensors
 
@@ -143,26 +144,25 @@ def build_data(
     device: torch.device,
     channels_last: bool,
 ) -> FashionMNISTData:
-    """The three loaders a run needs, from the `data` config group."""
+    """The three loaders a run needs (validation only when `val_size` > 0), from `data`."""
     tensors = load_tensors(cfg.root, download=cfg.download)  # checks files, builds the cache
     train_idx, val_idx = split_indices(len(tensors["train_labels"]), cfg.val_size, cfg.split_seed)
-    augment = Augment(**cfg.augment)
-    common = {"device": device, "channels_last": channels_last}
-    if str(cfg.loader.value if hasattr(cfg.loader, "value") else cfg.loader) == "torchvision":
+    article_path = Loader(cfg.loader) is Loader.torchvision
 
-        def make(train: bool, idx, bs, shuf, aug=None):  # noqa: ANN001, ANN202
-            return TorchvisionLoader(cfg.root, train, idx, bs, shuf, seed, aug, **common)
-    else:
-
-        def make(train: bool, idx, bs, shuf, aug=None):  # noqa: ANN001, ANN202
-            prefix = "train" if train else "test"
-            images, labels = tensors[f"{prefix}_images"], tensors[f"{prefix}_labels"]
-            if idx is not None:
-                images, labels = images[idx], labels[idx]
-            return MemoryLoader(images, labels, bs, shuf, seed, aug, **common)
+    def make(
+        train: bool, idx: torch.Tensor | None, bs: int, shuf: bool, aug: Augment | None = None
+    ):
+        opts = {"device": device, "channels_last": channels_last}
+        if article_path:
+            return TorchvisionLoader(cfg.root, train, idx, bs, shuf, seed, aug, **opts)
+        split = "train" if train else "test"
+        images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
+        if idx is not None:
+            images, labels = images[idx], labels[idx]
+        return MemoryLoader(images, labels, bs, shuf, seed, aug, **opts)
 
     return FashionMNISTData(
-        train=make(True, train_idx, batch_size, shuffle, augment),
+        train=make(True, train_idx, batch_size, shuffle, Augment(**cfg.augment)),
         val=make(True, val_idx, cfg.eval_batch_size, False) if cfg.val_size else None,
         test=make(False, None, cfg.eval_batch_size, False),
     )
