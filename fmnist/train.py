@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -302,10 +303,22 @@ def fit(state: RunState, tracker: Tracker) -> dict[str, Any]:
             tracker.on_run_end(state)
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):
-                log.exception("run failed: %s: %s", type(exc).__name__, exc)  # into the job's log
+                log_file = write_traceback(
+                    state.run_dir
+                )  # Hydra 1.3 leaves a failed job's log empty
+                log.error("run failed: %s: %s (traceback in %s)", type(exc).__name__, exc, log_file)
             tracker.on_exception(state, exc)
             raise
     return state.history[-1]
+
+
+def write_traceback(run_dir: Path) -> Path:
+    """Append the current exception's traceback to the job's log file (not to the console)."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    path = Path(handlers[0].baseFilename) if handlers else run_dir / "train.log"
+    with path.open("a") as handle:
+        handle.write(traceback.format_exc())
+    return path
 
 
 def epoch_row(state: RunState, select: str) -> dict[str, Any]:
@@ -349,11 +362,11 @@ def epoch_row(state: RunState, select: str) -> dict[str, Any]:
 def hydra_main(cfg: DictConfig) -> float | None:
     try:
         row = train(cfg)
-    except (ConfigError, DataError) as exc:
-        if HydraConfig.get().mode == RunMode.RUN:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        raise
+    except (ConfigError, DataError, NonFiniteLossError) as exc:
+        if HydraConfig.get().mode != RunMode.RUN:
+            raise  # a sweep records the failure and goes on with the other jobs
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1 if isinstance(exc, NonFiniteLossError) else 2)
     metric = "val_accuracy" if cfg.data.val_size else "test_accuracy"
     return row.get(metric)  # what an optimizing sweeper maximizes
 

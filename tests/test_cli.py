@@ -118,3 +118,17 @@ def test_bad_input_is_a_short_error_without_traceback(tmp_path, args, needle):
     assert needle in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert len(done.stderr.strip().splitlines()) <= 20
+
+
+def test_diverging_single_run_is_one_clear_line(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_train(
+        ["lr=1e12", "epochs=1", "limit_train_batches=50", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "error: loss became" in done.stderr and "lower the learning rate" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "Traceback" in (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"

@@ -40,7 +40,13 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_one_thread_each(tmp_path):
 
 def test_submitit_local_runs_the_cluster_path(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "lr=0.01,0.001", *TINY]
+    args = [
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=1",
+        "lr=0.01,0.001",
+        *TINY,
+    ]
     run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert statuses(sweep) == ["completed"] * 2
     assert all("1 threads" in (d / "train.log").read_text() for d in job_dirs(sweep))
@@ -60,7 +66,15 @@ def test_optuna_search_maximizes_validation_accuracy(tmp_path):
 
 
 def test_slurm_config_composes_with_the_usual_fields(tmp_path):
-    done = run_train(["hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher"], cwd=tmp_path)
-    for field in ("partition", "timeout_min", "cpus_per_task", "gpus_per_node", "array_parallelism"):
+    done = run_train(
+        ["hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher"], cwd=tmp_path
+    )
+    for field in (
+        "partition",
+        "timeout_min",
+        "cpus_per_task",
+        "gpus_per_node",
+        "array_parallelism",
+    ):
         assert f"{field}:" in done.stdout
     assert "SlurmLauncher" in done.stdout

@@ -12,12 +12,13 @@ from fmnist.callbacks.base import Callback, RunState
 
 log = logging.getLogger("fmnist")
 
-COLUMNS = (
+COLUMNS = (  # name, header format, value format: the article's results table, a row an epoch
     ("epoch", "{:>5}", "{:>5d}"),
     ("loss", "{:>8}", "{:>8.4f}"),
     ("accuracy", "{:>8}", "{:>8.4f}"),
     ("test_loss", "{:>9}", "{:>9.4f}"),
     ("test_accuracy", "{:>13}", "{:>13.4f}"),
+    ("val_accuracy", "{:>12}", "{:>12.4f}"),
     ("epoch_duration", "{:>14}", "{:>13.1f}s"),
     ("run_duration", "{:>12}", "{:>11.1f}s"),
 )
@@ -59,17 +60,10 @@ class ProgressCallback(Callback):
             self.bar.close()
             self.bar = None
         columns = [c for c in COLUMNS if c[0] in row]
-        extra = [k for k in ("val_accuracy",) if k in row]
         if not self._header_done:
-            log.info(
-                "%s",
-                " ".join(
-                    h.format(name) for name, h, _ in columns + [(k, "{:>12}", "") for k in extra]
-                ),
-            )
+            log.info("%s", " ".join(header.format(name) for name, header, _ in columns))
             self._header_done = True
         cells = [fmt.format(row[name]) for name, _, fmt in columns]
-        cells += [f"{row[k]:>12.4f}" for k in extra]
         log.info("%s", " ".join(cells))
 
     def on_exception(self, state: RunState, exc: BaseException) -> None:

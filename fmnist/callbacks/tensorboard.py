@@ -56,7 +56,10 @@ class TensorBoardCallback(Callback):
         self.writer = SummaryWriter(log_dir=str(state.run_dir), purge_step=purge, flush_secs=30)
         if self.hparams:
             values = {k: hparam_value(v) for k, v in state.hparams.items()}
-            exp, ssi, _ = hparams_summaries(values, dict.fromkeys(HPARAM_METRICS, 0.0))
+            metrics = HPARAM_METRICS + (
+                ("Accuracy/val", "Loss/val") if state.data.val is not None else ()
+            )
+            exp, ssi, _ = hparams_summaries(values, dict.fromkeys(metrics, 0.0))
             file_writer = self.writer._get_file_writer()  # same run dir, not a timestamped one
             file_writer.add_summary(exp)
             file_writer.add_summary(ssi)
