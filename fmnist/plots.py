@@ -101,3 +101,14 @@ def misclassified_image(
         draw.text((x, y + 28 * scale + 1), CLASSES[int(preds[k])], fill="firebrick", font=font)
         draw.text((x, y + 28 * scale + 13), CLASSES[int(targets[k])], fill="darkgreen", font=font)
     return np.asarray(sheet)
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
+    """N x 1 x H x W in [0, 1] -> 1 x H' x W' grid with white gutters (no torchvision import)."""
+    n, _, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = torch.ones(1, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for k in range(n):
+        y, x = pad + (k // nrow) * (h + pad), pad + (k % nrow) * (w + pad)
+        grid[:, y : y + h, x : x + w] = images[k]
+    return grid

@@ -30,7 +30,8 @@ def test_article_grid_from_yaml(tmp_path):
 def test_joblib_launcher_runs_jobs_in_parallel_with_one_thread_each(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=joblib", "lr=0.01,0.001", "batch_size=100,1000", *TINY]
-    done = run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    env = {"OMP_NUM_THREADS": "2"}  # a parent environment that would oversubscribe the cores
+    done = run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env)
     assert statuses(sweep) == ["completed"] * 4
     logs = [(d / "train.log").read_text() for d in job_dirs(sweep)]
     threads = [int(re.search(r"(\d+) threads", log).group(1)) for log in logs]

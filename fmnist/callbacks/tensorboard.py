@@ -11,10 +11,9 @@ from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
-from torchvision.utils import make_grid
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.plots import confusion_image, misclassified_image
+from fmnist.plots import confusion_image, image_grid, misclassified_image
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ class TensorBoardCallback(Callback):
         images, _ = next(iter(state.data.train.epoch(0)))
         images = images[:64].float().cpu().contiguous()
         if self.log_images:
-            self.writer.add_image("images", make_grid(images, nrow=8, pad_value=1.0), 0)
+            self.writer.add_image("images", image_grid(images, nrow=8), 0)
         if self.log_graph:
             try:
                 model = state.model

@@ -162,7 +162,9 @@ def build_data(
         return MemoryLoader(images, labels, bs, shuf, seed, aug, **opts)
 
     return FashionMNISTData(
-        train=make(True, train_idx, batch_size, shuffle, Augment(**cfg.augment)),
+        train=make(
+            True, train_idx if cfg.val_size else None, batch_size, shuffle, Augment(**cfg.augment)
+        ),
         val=make(True, val_idx, cfg.eval_batch_size, False) if cfg.val_size else None,
         test=make(False, None, cfg.eval_batch_size, False),
     )
