@@ -33,7 +33,6 @@ class RunState:
     previous_duration: float = 0.0  # seconds spent by earlier attempts of a resumed run
     run_start: float = 0.0
     epoch_start: float = 0.0
-    batches_this_epoch: int = 0
     running_loss: torch.Tensor | None = None  # device tensors: read them rarely
     running_correct: torch.Tensor | None = None
     running_seen: int = 0
