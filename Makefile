@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --upgrade pip
+	-$(BIN)/python -m pip install --upgrade pip  # best effort: an old pip works too
 	$(BIN)/python -m pip install -e '.[dev,optuna]'
 	touch $(STAMP)
 
