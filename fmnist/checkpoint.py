@@ -9,8 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmnist.io import save_torch
-
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -40,10 +38,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    save_torch(path, payload)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.checkpoint import checkpoint_path, rng_state, save_checkpoint
+from fmnist.checkpoint import checkpoint_path, rng_state
+from fmnist.io import save_torch
 
 
 def resume_payload(state: RunState) -> dict[str, Any]:
@@ -30,7 +31,8 @@ class CheckpointCallback(Callback):
         self.save_last, self.save_best = save_last, save_best
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
+        payload = resume_payload(state)  # built once: it copies every state dict
         if self.save_best and state.best.get("epoch") == state.epoch:
-            save_checkpoint(checkpoint_path(state.run_dir, "best"), resume_payload(state))
+            save_torch(checkpoint_path(state.run_dir, "best"), payload)
         if self.save_last:
-            save_checkpoint(checkpoint_path(state.run_dir, "last"), resume_payload(state))
+            save_torch(checkpoint_path(state.run_dir, "last"), payload)
