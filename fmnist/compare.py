@@ -37,6 +37,7 @@ class Summary:
     constants: dict[str, Any] = field(default_factory=dict)
     varying: list[str] = field(default_factory=list)
     epochs: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # run -> curve
+    seeds: pd.DataFrame | None = None  # mean and spread over seeds, when seed varies
 
 
 def find_runs(path: Path) -> list[Path]:
@@ -149,9 +150,42 @@ def summarize(
     ascending = sort in ("train_loss", "duration_s", "run")
     table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
     table = table.reset_index(drop=True)
+    seeds = across_seeds(table, varying)
     if top:
         table = table.head(top)
-    return Summary(root=root, table=table, constants=constants, varying=varying, epochs=curves)
+    return Summary(root, table, constants, varying, curves, seeds)
+
+
+def across_seeds(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame | None:
+    """Mean and sample standard deviation over seeds of otherwise identical completed runs.
+
+    This is how a result is reported honestly: `-m experiment=fast seed=0,1,2`, then compare.
+    """
+    if "seed" not in varying:
+        return None
+    done = table[table["status"] == "completed"]
+    keys = [k for k in varying if k != "seed"]
+    groups = done.groupby([done[k].astype(str) for k in keys], sort=False) if keys else [((), done)]
+    rows = []
+    for _, group in groups:
+        if len(group) < 2:
+            continue
+        accuracy = group["test_accuracy"].astype(float)
+        row = {k: group[k].iloc[0] for k in keys}
+        row |= {
+            "seeds": len(group),
+            "mean_test_accuracy": accuracy.mean(),
+            "sd_test_accuracy": accuracy.std(ddof=1),
+            "min_test_accuracy": accuracy.min(),
+            "max_test_accuracy": accuracy.max(),
+        }
+        if "val_accuracy" in group:
+            row["mean_val_accuracy"] = group["val_accuracy"].astype(float).mean()
+        row["mean_duration_s"] = group["duration_s"].astype(float).mean()
+        rows.append(row)
+    if not rows:
+        return None
+    return pd.DataFrame(rows).sort_values("mean_test_accuracy", ascending=False, kind="stable")
 
 
 METRIC_FORMATS = {"accuracy": "{:.4f}", "loss": "{:.4f}", "duration_s": "{:.1f}"}
@@ -169,27 +203,36 @@ def _fmt(value: Any, column: str = "") -> str:
 
 
 def render(summary: Summary, markdown: bool = False) -> str:
-    """The table as aligned text (terminal) or GitHub markdown."""
-    table = summary.table
+    """The table (and the mean over seeds) as aligned text (terminal) or GitHub markdown."""
+    lines = []
+    if summary.constants:
+        shared = ", ".join(f"{k}={_fmt(v, k)}" for k, v in summary.constants.items())
+        lines += [f"{len(summary.table)} runs in {summary.root}; same for all: {shared}", ""]
+    lines += _table(summary.table, markdown)
+    if summary.seeds is not None:
+        lines += ["", "Across seeds (completed runs; sd = sample standard deviation):", ""]
+        lines += _table(summary.seeds, markdown)
+    return "\n".join(lines)
+
+
+def _table(table: pd.DataFrame, markdown: bool) -> list[str]:
     head = [str(c) for c in table.columns]
     body = [
         [_fmt(v, c) for v, c in zip(row, head, strict=True)]
         for row in table.astype(object).itertuples(index=False)
     ]
-    lines = []
-    if summary.constants:
-        shared = ", ".join(f"{k}={_fmt(v, k)}" for k, v in summary.constants.items())
-        lines += [f"{len(table)} runs in {summary.root}; same for all: {shared}", ""]
     if markdown:
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "|".join("---" for _ in head) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(head)]
-        lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
-    return "\n".join(lines)
+        return [
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join("---" for _ in head) + "|",
+            *("| " + " | ".join(row) + " |" for row in body),
+        ]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(head)]
+    return [
+        "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+        *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body),
+    ]
 
 
 def label(summary: Summary, run: str) -> str:
@@ -200,8 +243,9 @@ def label(summary: Summary, run: str) -> str:
 
 def plot(summary: Summary, path: Path) -> None:
     """Test accuracy per epoch for every run, and final test accuracy as bars."""
-    from fmnist.plots import plt
+    from fmnist.plots import pyplot
 
+    plt = pyplot()
     runs = list(summary.table["run"])
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(14, max(4.5, 0.35 * len(runs) + 2)), dpi=100)
     for run in runs:
@@ -244,6 +288,9 @@ def write(summary: Summary, out_dir: Path) -> list[Path]:
             "constants": summary.constants,
             "varying": summary.varying,
             "runs": json.loads(summary.table.to_json(orient="records")),
+            "across_seeds": None
+            if summary.seeds is None
+            else json.loads(summary.seeds.to_json(orient="records")),
         },
     )
     write_text(paths[2], render(summary, markdown=True) + "\n")

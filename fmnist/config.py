@@ -48,7 +48,7 @@ class RuntimeConfig:
     channels_last: bool = True  # measured faster for conv nets on CPU
     flush_denormal: bool = True  # denormal floats are slow on x86
     compile: bool = False  # torch.compile: slower here for small nets, costs warm-up
-    bf16: bool = False  # bf16 autocast for forward/backward
+    bf16: bool = False  # bf16 autocast: ~2x faster bn_cnn on AVX512-BF16 CPUs; not seed_cnn
     nan_check_interval: int = 0  # check loss every N steps; 0 = every step on CPU, 50 on GPU
 
 

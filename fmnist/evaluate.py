@@ -78,7 +78,7 @@ def run_evaluation(
     data = build_data(cfg.data, cfg.batch_size, False, cfg.seed, device, channels_last=False)
     loader = data.val if split == "val" else data.test
     metrics = evaluate(model.to(device), loader, keep_wrong=0)
-    from fmnist.plots import confusion_figure, plt
+    from fmnist.plots import confusion_figure, pyplot
 
     result = {
         "run": str(run_dir),
@@ -98,7 +98,7 @@ def run_evaluation(
         metrics["confusion"], f"Confusion matrix ({split}, {checkpoint}.pt, epoch {ckpt['epoch']})"
     )
     fig.savefig(run_dir / "confusion_matrix.png")
-    plt.close(fig)
+    pyplot().close(fig)
     return result
 
 

@@ -49,13 +49,24 @@ def make_timer() -> EpochTimer:
     return EpochTimer()
 
 
+class ArticleNetwork(SeedCNN):
+    """The article's forward as written: ReLU before each max-pool (SeedCNN pools first)."""
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = F.max_pool2d(F.relu(self.conv1(t)), kernel_size=2, stride=2)
+        t = F.max_pool2d(F.relu(self.conv2(t)), kernel_size=2, stride=2)
+        t = F.relu(self.fc1(t.reshape(-1, 12 * 4 * 4)))
+        t = F.relu(self.fc2(t))
+        return self.out(t)
+
+
 def article_epochs(root: str, batch_size: int, epochs: int) -> list[float]:
     """The article's loop as written: DataLoader over FashionMNIST + ToTensor, Adam, no tracker."""
     from torchvision import datasets, transforms
 
     train_set = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
     loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True)
-    network = SeedCNN()
+    network = ArticleNetwork()
     optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
     times = []
     for _ in range(epochs):
@@ -154,6 +165,51 @@ def sweep_grid(root: str, epochs: int) -> tuple[float, list[float]]:
     return wall, peaks
 
 
+def step_ms(model: torch.nn.Module, batch_size: int, bf16: bool, steps: int = 30) -> float:
+    """Median milliseconds of one training step (channels_last, SGD), fp32 or bf16 autocast."""
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,))
+    times = []
+    for i in range(steps + 3):  # 3 warm-up steps
+        start = time.perf_counter()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def bf16_rows() -> list[dict]:
+    """Why `experiment=best` sets runtime.bf16 and the default does not: measured, interleaved."""
+    from fmnist.models.bn_cnn import BNCNN
+
+    rows = []
+    for name, make, bs in (
+        ("seed_cnn", SeedCNN, 100),
+        ("seed_cnn", SeedCNN, 1000),
+        ("bn_cnn width 32", lambda: BNCNN(width=32), 128),
+    ):
+        fp32, bf16 = [], []
+        for _ in range(3):
+            fp32.append(step_ms(make(), bs, False))
+            bf16.append(step_ms(make(), bs, True))
+        rows.append(
+            {
+                "model": name,
+                "batch_size": bs,
+                "fp32_ms": statistics.median(fp32),
+                "bf16_ms": statistics.median(bf16),
+                "ratio": statistics.median(bf16) / statistics.median(fp32),
+            }
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement (median)")
@@ -206,6 +262,8 @@ def main() -> int:
         )
         checks.append((f"callbacks overhead at batch {bs} <= 10%", overhead, overhead <= 0.10))
 
+    bf16 = bf16_rows()
+
     grid = {}
     if not args.no_grid:
         sequential = sum(
@@ -243,6 +301,10 @@ def main() -> int:
             f"(from the measured epochs), joblib sweep {grid['sweep_joblib_s']:.1f} s (measured, process start-up "
             f"included): ratio {grid['ratio']:.2f}; peak memory per job {max(grid['peak_rss_mb_per_job']):.0f} MiB"
         )
+    print(f"\n{'train step, bf16 autocast vs fp32':<34} {'fp32 ms':>8} {'bf16 ms':>8} {'ratio':>6}")
+    for r in bf16:
+        name = f"{r['model']} @ {r['batch_size']}"
+        print(f"{name:<34} {r['fp32_ms']:>8.1f} {r['bf16_ms']:>8.1f} {r['ratio']:>6.2f}")
     print("\ntargets:")
     for name, value, ok in checks:
         print(f"  [{'ok' if ok else 'MISSED'}] {name}: {value:.2f}")
@@ -253,6 +315,7 @@ def main() -> int:
         "peak_gflops_estimate": peak,
         "cases": results,
         "grid": grid,
+        "bf16_train_step": bf16,
         "checks": [{"name": n, "value": v, "ok": ok} for n, v, ok in checks],
         "measured_peak_rss_mb_bench_process": peak_rss_mb(),
     }

@@ -96,3 +96,34 @@ def test_bad_path_is_a_one_line_error(tmp_path, make):
     )
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:")
+
+
+def test_mean_and_spread_over_seeds(sweep, capsys):
+    """Runs that differ only by seed are summarized as mean and sample sd per configuration."""
+    finals = {}
+    for i, run in enumerate(sorted(p for p in sweep.iterdir() if p.is_dir())):
+        status = json.loads((run / "status.json").read_text())
+        status["hparams"] |= {"lr": 0.01, "seed": i % 2}  # two seeds of each batch size
+        (run / "status.json").write_text(json.dumps(status))
+        bs = status["hparams"]["batch_size"]
+        final = json.loads((run / "results.json").read_text())[-1]["test_accuracy"]
+        finals.setdefault(bs, []).append(final)
+    summary = summarize(sweep)
+    assert summary.varying == ["batch_size", "seed"]
+    seeds = summary.seeds.set_index("batch_size")
+    for bs, values in finals.items():
+        mean = sum(values) / 2
+        sd = abs(values[0] - values[1]) / 2**0.5  # sample sd of two values
+        assert seeds.loc[bs, "seeds"] == 2
+        assert seeds.loc[bs, "mean_test_accuracy"] == pytest.approx(mean)
+        assert seeds.loc[bs, "sd_test_accuracy"] == pytest.approx(sd)
+        assert seeds.loc[bs, "min_test_accuracy"] == min(values)
+    assert main([str(sweep)]) == 0
+    assert "Across seeds" in capsys.readouterr().out
+    written = json.loads((sweep / "summary.json").read_text())["across_seeds"]
+    assert sorted(r["batch_size"] for r in written) == [100, 1000]
+    assert summarize(sweep, top=1).seeds is not None  # --top cuts rows, not the seed means
+
+
+def test_no_seed_summary_without_repeated_seeds(sweep):
+    assert summarize(sweep).seeds is None

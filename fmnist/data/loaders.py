@@ -61,7 +61,9 @@ class MemoryLoader:
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         gen = epoch_generator(self.seed, epoch)
         n = len(self.labels)
-        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        order = None
+        if self.shuffle:  # seeded on the CPU like the DataLoader path; moved to the device once
+            order = torch.randperm(n, generator=gen).to(self.images.device)  # an epoch, not a batch
         for start in range(0, n, self.batch_size):
             if order is None:
                 x, y = (
@@ -69,7 +71,7 @@ class MemoryLoader:
                     self.labels[start : start + self.batch_size],
                 )
             else:
-                idx = order[start : start + self.batch_size].to(self.images.device)
+                idx = order[start : start + self.batch_size]
                 x, y = self.images[idx], self.labels[idx]
             x = x.unsqueeze(1).float().div_(255)
             if self.augment is not None:
