@@ -306,9 +306,8 @@ def fit(state: RunState, tracker: Tracker) -> dict[str, Any]:
             tracker.on_run_end(state)
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):
-                log_file = write_traceback(
-                    state.run_dir
-                )  # Hydra 1.3 leaves a failed job's log empty
+                # Hydra 1.3 leaves a failed job's log empty: the traceback goes there, not to the console
+                log_file = write_traceback(state.run_dir)
                 log.error("run failed: %s: %s (traceback in %s)", type(exc).__name__, exc, log_file)
             tracker.on_exception(state, exc)
             raise
