@@ -28,6 +28,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Copy a small CPU tensor to `device` without stalling the host.
+
+    A plain `.to("cuda")` from pageable memory waits for the GPU to finish its queue; from pinned
+    memory with `non_blocking` it is queued behind it, so the loop never waits for the GPU.
+    """
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -1,6 +1,8 @@
 """Speed benchmark: this project's training path against the article's loop, in one process.
 
     python scripts/bench.py            # or: make bench   (writes bench.json)
+    python scripts/bench.py --device cuda --grid-epochs 5   # the GPU row
+
 
 Everything is measured here and now on the real data, interleaved, medians reported, so the
 ratios hold on a noisy shared machine. Not a test: it prints the targets and whether they are met.
@@ -29,6 +31,7 @@ from fmnist.callbacks.base import Callback
 from fmnist.callbacks.status import peak_rss_mb
 from fmnist.data import ensure_data
 from fmnist.models.seed_cnn import SeedCNN
+from fmnist.runtime import pick_device
 from fmnist.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,18 +63,22 @@ class ArticleNetwork(SeedCNN):
         return self.out(t)
 
 
-def article_epochs(root: str, batch_size: int, epochs: int) -> list[float]:
-    """The article's loop as written: DataLoader over FashionMNIST + ToTensor, Adam, no tracker."""
+def article_epochs(root: str, batch_size: int, epochs: int, device: torch.device) -> list[float]:
+    """The article's loop as written: DataLoader over FashionMNIST + ToTensor, Adam, no tracker.
+
+    On a GPU, as the article's device=cuda runs: the network there, each batch moved with .to().
+    """
     from torchvision import datasets, transforms
 
     train_set = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
     loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True)
-    network = ArticleNetwork()
+    network = ArticleNetwork().to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
     times = []
     for _ in range(epochs):
         start, total_loss, total_correct = time.perf_counter(), 0.0, 0
         for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
             preds = network(images)
             loss = F.cross_entropy(preds, labels)
             optimizer.zero_grad()
@@ -83,7 +90,14 @@ def article_epochs(root: str, batch_size: int, epochs: int) -> list[float]:
     return times
 
 
-def project_epochs(root: str, batch_size: int, epochs: int, callbacks: str) -> list[float]:
+def project_epochs(
+    root: str,
+    batch_size: int,
+    epochs: int,
+    callbacks: str,
+    device: torch.device,
+    overrides: tuple[str, ...] = (),
+) -> list[float]:
     """This project's default path through train(cfg), with the default callbacks or none."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
@@ -93,6 +107,8 @@ def project_epochs(root: str, batch_size: int, epochs: int, callbacks: str) -> l
                 f"batch_size={batch_size}",
                 f"epochs={epochs}",
                 f"callbacks={callbacks}",
+                f"device={device}",
+                *overrides,
             ],
         )
     with open_dict(cfg):
@@ -120,6 +136,21 @@ def train_step_flops(batch_size: int = 100) -> float:
     return counter.get_total_flops() / batch_size
 
 
+def gpu_peak_gflops(device: torch.device) -> tuple[float, str]:
+    """The GPU's reference: a measured 4096^3 fp32 matrix product (TF32 off), as GFLOP/s."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.rand(4096, 4096, device=device)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ a
+    torch.cuda.synchronize()
+    gflops = reps * 2 * 4096**3 / (time.perf_counter() - start) / 1e9
+    return gflops, f"{torch.cuda.get_device_name(device)} (fp32 matmul measured)"
+
+
 def cpu_peak_gflops() -> tuple[float, str]:
     """A rough FP32 peak: cores x GHz x FLOPs per cycle from the widest SIMD the flags show."""
     try:
@@ -137,7 +168,7 @@ def cpu_peak_gflops() -> tuple[float, str]:
     return cores * (max(mhz) / 1000 if mhz else 2.0) * per_cycle, f"{model}, {cores} cores"
 
 
-def sweep_grid(root: str, epochs: int) -> tuple[float, list[float]]:
+def sweep_grid(root: str, epochs: int, device: torch.device) -> tuple[float, list[float]]:
     """The article's 4-run grid as one joblib sweep: wall seconds and each job's peak memory."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -150,6 +181,7 @@ def sweep_grid(root: str, epochs: int) -> tuple[float, list[float]]:
                 "lr=0.01,0.001",
                 "batch_size=100,1000",
                 f"epochs={epochs}",
+                f"device={device}",
                 f"hydra.sweep.dir={tmp}/sweep",
             ],
             cwd=tmp,
@@ -165,26 +197,56 @@ def sweep_grid(root: str, epochs: int) -> tuple[float, list[float]]:
     return wall, peaks
 
 
-def step_ms(model: torch.nn.Module, batch_size: int, bf16: bool, steps: int = 30) -> float:
+def step_ms(
+    model: torch.nn.Module, batch_size: int, bf16: bool, device: torch.device, steps: int = 30
+) -> float:
     """Median milliseconds of one training step (channels_last, SGD), fp32 or bf16 autocast."""
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch_size,))
+    x = torch.rand(batch_size, 1, 28, 28, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     times = []
     for i in range(steps + 3):  # 3 warm-up steps
+        sync()
         start = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        sync()
         if i >= 3:
             times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def bf16_rows() -> list[dict]:
+def option_rows(root: str, device: torch.device, epochs: int) -> list[dict]:
+    """The runtime options on this device, default callbacks, batch 100: what to switch on."""
+    rows = []
+    for name, overrides in (
+        ("default", ()),
+        ("runtime.channels_last=false", ("runtime.channels_last=false",)),
+        ("runtime.bf16=true", ("runtime.bf16=true",)),
+        ("runtime.compile=true", ("runtime.compile=true",)),
+    ):
+        try:
+            times = project_epochs(root, 100, epochs, "default", device, overrides)
+        except Exception as exc:  # an option that fails here is a finding, not the end
+            rows.append({"option": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
+            continue
+        rows.append(
+            {
+                "option": name,
+                "first_epoch_s": times[0],
+                "epoch_s": statistics.median(times[1:] or times),
+            }
+        )
+    return rows
+
+
+def bf16_rows(device: torch.device) -> list[dict]:
     """Why `experiment=best` sets runtime.bf16 and the default does not: measured, interleaved."""
     from fmnist.models.bn_cnn import BNCNN
 
@@ -196,8 +258,8 @@ def bf16_rows() -> list[dict]:
     ):
         fp32, bf16 = [], []
         for _ in range(3):
-            fp32.append(step_ms(make(), bs, False))
-            bf16.append(step_ms(make(), bs, True))
+            fp32.append(step_ms(make(), bs, False, device))
+            bf16.append(step_ms(make(), bs, True, device))
         rows.append(
             {
                 "model": name,
@@ -217,19 +279,24 @@ def main() -> int:
         "--grid-epochs", type=int, default=5, help="epochs per run of the 4-run grid"
     )
     parser.add_argument("--no-grid", action="store_true", help="skip the sweep measurement")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    parser.add_argument(
+        "--options", action="store_true", help="also time runtime options (always on a GPU)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench.json"))
     args = parser.parse_args()
     root = os.environ.get("FMNIST_DATA", str(ROOT / "data"))
     ensure_data(root)
+    device = pick_device(args.device)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
 
     results: dict[str, dict] = {}
     for batch_size in (100, 1000):  # interleaved, so drift hits every case alike
         article, default, bare = [], [], []
         for _ in range(2):
-            article += article_epochs(root, batch_size, max(1, args.epochs // 2 + 1))
-            default += project_epochs(root, batch_size, args.epochs, "default")
-            bare += project_epochs(root, batch_size, args.epochs, "none")
+            article += article_epochs(root, batch_size, max(1, args.epochs // 2 + 1), device)
+            default += project_epochs(root, batch_size, args.epochs, "default", device)
+            bare += project_epochs(root, batch_size, args.epochs, "none", device)
             torch.set_num_threads(len(os.sched_getaffinity(0)))
         for name, times in (
             ("article loop", article),
@@ -243,7 +310,7 @@ def main() -> int:
             }
 
     flops = train_step_flops()
-    peak, cpu = cpu_peak_gflops()
+    peak, machine = gpu_peak_gflops(device) if device.type == "cuda" else cpu_peak_gflops()
     rows, checks = [], []
     for key, r in results.items():
         base = results[f"article loop @ {r['batch_size']}"]["epoch_s"]
@@ -261,15 +328,21 @@ def main() -> int:
             - 1
         )
         checks.append((f"callbacks overhead at batch {bs} <= 10%", overhead, overhead <= 0.10))
+    if device.type == "cuda":  # the article's 2019 GPU: 17.9 s an epoch
+        epoch = results["fmnist default @ 100"]["epoch_s"]
+        checks.append(("GPU: article's network at batch 100 <= 1.0 s an epoch", epoch, epoch <= 1))
 
-    bf16 = bf16_rows()
+    bf16 = bf16_rows(device)
+    options = (
+        option_rows(root, device, args.epochs) if args.options or device.type == "cuda" else []
+    )
 
     grid = {}
     if not args.no_grid:
         sequential = sum(
             2 * args.grid_epochs * results[f"article loop @ {bs}"]["epoch_s"] for bs in (100, 1000)
         )
-        wall, peaks = sweep_grid(root, args.grid_epochs)
+        wall, peaks = sweep_grid(root, args.grid_epochs, device)
         grid = {
             "article_sequential_s": sequential,
             "sweep_joblib_s": wall,
@@ -285,9 +358,10 @@ def main() -> int:
         )
         checks.append(("peak memory per job < 1024 MiB", max(peaks), max(peaks) < 1024))
 
-    print(f"\nmachine: {cpu}; torch {torch.__version__}; python {platform.python_version()}")
+    print(f"\nmachine: {machine}; torch {torch.__version__}; python {platform.python_version()}")
     print(
-        f"training step: {flops / 1e6:.2f} MFLOP per image; CPU FP32 peak estimate {peak:.0f} GFLOP/s\n"
+        f"device: {device}; training step: {flops / 1e6:.2f} MFLOP per image; "
+        f"FP32 peak reference {peak:.0f} GFLOP/s\n"
     )
     print(f"{'case':<28} {'s/epoch':>8} {'img/s':>8} {'ratio':>6} {'GFLOP/s':>8} {'% peak':>7}")
     for key, r in rows:
@@ -305,19 +379,31 @@ def main() -> int:
     for r in bf16:
         name = f"{r['model']} @ {r['batch_size']}"
         print(f"{name:<34} {r['fp32_ms']:>8.1f} {r['bf16_ms']:>8.1f} {r['ratio']:>6.2f}")
+    if options:
+        print(f"\n{'runtime option, batch 100':<30} {'1st epoch s':>11} {'s/epoch':>8}")
+        for r in options:
+            if "error" in r:
+                print(f"{r['option']:<30} failed: {r['error']}")
+            else:
+                print(f"{r['option']:<30} {r['first_epoch_s']:>11.2f} {r['epoch_s']:>8.2f}")
     print("\ntargets:")
     for name, value, ok in checks:
         print(f"  [{'ok' if ok else 'MISSED'}] {name}: {value:.2f}")
     out = {
-        "machine": cpu,
+        "machine": machine,
+        "device": str(device),
         "torch": torch.__version__,
         "flops_per_image": flops,
         "peak_gflops_estimate": peak,
         "cases": results,
         "grid": grid,
         "bf16_train_step": bf16,
+        "runtime_options": options,
         "checks": [{"name": n, "value": v, "ok": ok} for n, v, ok in checks],
         "measured_peak_rss_mb_bench_process": peak_rss_mb(),
+        "peak_gpu_memory_mb_bench_process": torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else None,
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -1,13 +1,16 @@
 """Batch-level augmentation on float tensors (N, 1, 28, 28), driven by an explicit generator.
 
 Working on whole batches keeps the fast in-memory path fast, and the explicit generator keeps
-runs reproducible and resumable.
+runs reproducible and resumable. The random numbers are drawn on the CPU, so a run augments alike
+on every device; they reach a GPU by non-blocking copies (no host sync per batch).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from fmnist.runtime import to_device
 
 
 class Augment:
@@ -25,12 +28,12 @@ class Augment:
             padded = F.pad(x, (p, p, p, p))
             dy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
             dx = torch.randint(0, 2 * p + 1, (n,), generator=gen)
-            rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # n x h
-            cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # n x w
+            rows = to_device(dy[:, None] + torch.arange(h)[None], x.device)  # n x h
+            cols = to_device(dx[:, None] + torch.arange(w)[None], x.device)  # n x w
             idx = torch.arange(n, device=x.device)[:, None, None]
             x = padded[:, 0][idx, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
         if self.hflip:
-            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+            flip = to_device(torch.rand(n, generator=gen) < 0.5, x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if self.erasing:
             x = self._erase(x, gen)
@@ -50,5 +53,5 @@ class Augment:
         ys, xs = torch.arange(h)[None], torch.arange(w)[None]
         in_y = (ys >= y0[:, None]) & (ys < (y0 + eh)[:, None])  # n x h
         in_x = (xs >= x0[:, None]) & (xs < (x0 + ew)[:, None])  # n x w
-        mask = (in_y[:, :, None] & in_x[:, None, :] & apply[:, None, None]).to(x.device)
+        mask = to_device(in_y[:, :, None] & in_x[:, None, :] & apply[:, None, None], x.device)
         return x.masked_fill(mask[:, None], 0.0)

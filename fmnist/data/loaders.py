@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from fmnist.config import Loader
 from fmnist.data.augment import Augment
 from fmnist.data.tensors import load_tensors
+from fmnist.runtime import to_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -62,8 +63,8 @@ class MemoryLoader:
         gen = epoch_generator(self.seed, epoch)
         n = len(self.labels)
         order = None
-        if self.shuffle:  # seeded on the CPU like the DataLoader path; moved to the device once
-            order = torch.randperm(n, generator=gen).to(self.images.device)  # an epoch, not a batch
+        if self.shuffle:  # seeded on the CPU like the DataLoader path: the same order on every
+            order = to_device(torch.randperm(n, generator=gen), self.images.device)  # device
         for start in range(0, n, self.batch_size):
             if order is None:
                 x, y = (
@@ -123,7 +124,7 @@ class TorchvisionLoader:
             num_workers=self.num_workers,
         )
         for x, y in loader:
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = to_device(x, self.device), to_device(y, self.device)
             if self.augment is not None:
                 x = self.augment(x, gen)
             if self.channels_last:

@@ -1,0 +1,123 @@
+"""On a CUDA GPU: data and model live on the GPU and an epoch never waits for it.
+
+Skipped where there is no CUDA GPU (CI has none): run `pytest tests/test_cuda.py` on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fmnist.callbacks.base import Callback, Tracker
+from fmnist.data.augment import Augment
+from fmnist.data.loaders import MemoryLoader
+from fmnist.data.tensors import load_tensors
+from fmnist.hparams import flat_hparams
+from fmnist.train import NonFiniteLossError, build_run, fit
+from tests.conftest import compose_cfg, run_train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+BEST_CUT = [  # experiment=best's model, optimizer, schedule, bf16 and augmentation, a few batches
+    "experiment=best",
+    "epochs=1",
+    "data.val_size=0",
+]
+
+
+class SyncGuard(Callback):
+    """Turns any host-GPU synchronisation inside the batch loop into an error (sync debug mode)."""
+
+    def __init__(self, batches: int):
+        self.batches = batches
+
+    def on_epoch_start(self, state) -> None:  # noqa: ANN001
+        torch.cuda.set_sync_debug_mode("error")
+
+    def on_batch_end(self, state, batch_idx: int) -> None:  # noqa: ANN001
+        if batch_idx + 1 == self.batches:
+            torch.cuda.set_sync_debug_mode("default")
+
+    def on_exception(self, state, exc: BaseException) -> None:  # noqa: ANN001
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def guarded_fit(overrides: list[str], data_root, tmp_path, batches: int = 30) -> dict:
+    cfg = compose_cfg(
+        [
+            *overrides,
+            f"limit_train_batches={batches}",
+            "limit_test_batches=2",
+            "callbacks.progress.bar=true",  # the bar reads device sums every 20 batches: keep it
+            "callbacks.progress.refresh_batches=1000",
+        ],
+        data_root,
+    )
+    state, tracker = build_run(cfg, tmp_path, flat_hparams(cfg))
+    return fit(state, Tracker([*tracker.callbacks, SyncGuard(batches)]))
+
+
+def test_auto_device_puts_data_and_model_on_the_gpu(data_root, tmp_path):
+    cfg = compose_cfg(["device=auto"], data_root)
+    state, _ = build_run(cfg, tmp_path, flat_hparams(cfg))
+    assert state.device.type == "cuda"
+    assert state.data.train.images.is_cuda and state.data.test.images.is_cuda
+    assert all(p.is_cuda for p in state.model.parameters())
+
+
+def test_gpu_batches_equal_cpu_batches_augmentation_included(data_root):
+    tensors = load_tensors(data_root)
+    images, labels = tensors["train_images"][:1000], tensors["train_labels"][:1000]
+    augment = Augment(crop_padding=2, hflip=True, erasing=0.5)
+    loaders = [
+        MemoryLoader(images, labels, 128, True, 7, augment, device=d, channels_last=True)
+        for d in ("cpu", "cuda")
+    ]
+    pairs = list(zip(loaders[0].epoch(3), loaders[1].epoch(3), strict=True))
+    assert len(pairs) == 8 and len(pairs[-1][0][1]) == 1000 - 7 * 128
+    for (x_cpu, y_cpu), (x_gpu, y_gpu) in pairs:
+        assert x_gpu.is_cuda
+        assert torch.equal(y_cpu, y_gpu.cpu())
+        torch.testing.assert_close(x_gpu.cpu(), x_cpu)  # same order, crops, flips and erasing
+
+
+@pytest.mark.parametrize("overrides", [[], BEST_CUT], ids=["default", "best"])
+def test_an_epoch_never_waits_for_the_gpu(overrides, data_root, tmp_path):
+    row = guarded_fit([*overrides, "runtime.nan_check_interval=1000"], data_root, tmp_path)
+    assert row["epoch"] == 1 and 0.0 < row["loss"] < 3.0
+
+
+def test_sync_guard_catches_a_per_batch_sync(data_root, tmp_path):
+    """The control for the test above: a NaN check every batch reads the loss, which syncs."""
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        guarded_fit(["runtime.nan_check_interval=1"], data_root, tmp_path)
+
+
+def test_nan_is_still_caught_on_the_gpu(data_root, tmp_path):
+    cfg = compose_cfg(
+        ["lr=1e12", "limit_train_batches=200", "limit_test_batches=1", "callbacks=none"],
+        data_root,
+    )
+    state, tracker = build_run(cfg, tmp_path, flat_hparams(cfg))
+    with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
+        fit(state, tracker)
+
+
+def test_gpu_run_end_to_end_and_its_checkpoint_on_the_cpu(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    done = run_train(["epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert "cuda" in (run_dir / "train.log").read_text()
+    recorded = json.loads((run_dir / "results.json").read_text())[-1]["test_accuracy"]
+    assert recorded > 0.80, done.stdout
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "fmnist.evaluate", str(run_dir), "--checkpoint", "last"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads((run_dir / "evaluation.json").read_text())
+    assert abs(report["accuracy"] - recorded) <= 0.002, evaluated.stdout  # CPU vs GPU rounding
