@@ -48,6 +48,7 @@ class RuntimeConfig:
     channels_last: bool = True  # measured faster for conv nets on CPU
     flush_denormal: bool = True  # denormal floats are slow on x86
     compile: bool = False  # torch.compile: slower here for small nets, costs warm-up
+    cuda_graphs: bool | None = None  # replay each step as a CUDA graph; null = on where safe
     bf16: bool = False  # bf16 autocast: ~2x faster bn_cnn on AVX512-BF16 CPUs; not seed_cnn
     nan_check_interval: int = 0  # check loss every N steps; 0 = every step on CPU, 50 on GPU
 

@@ -33,6 +33,7 @@ from fmnist.callbacks.status import RunInterrupted, StatusCallback, read_status
 from fmnist.checkpoint import checkpoint_path, load_checkpoint, set_rng_state
 from fmnist.config import ConfigError, validate
 from fmnist.data import DataError, build_data
+from fmnist.graphs import GraphedStep, optimizer_options, want_graphs
 from fmnist.hparams import flat_hparams, identity
 from fmnist.models import count_parameters
 from fmnist.runtime import configure, pick_device, seed_everything
@@ -206,18 +207,20 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> tuple[
     model = instantiate(cfg.model).to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    graphs = want_graphs(cfg, device)
+    optimizer = instantiate(cfg.optimizer)(model.parameters(), **optimizer_options(cfg, graphs))
     steps = cfg.epochs * min(len(data.train), cfg.limit_train_batches or len(data.train))
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps) if cfg.scheduler else None
     # status.json last: it records an epoch only once that epoch's results and checkpoint exist
     tracker = Tracker([*(instantiate(c) for c in cfg.callbacks.values() if c), StatusCallback()])
     hparams["params"] = count_parameters(model)
     log.info(
-        "%s: %s, %d parameters, %s, %d threads, %d train images",
+        "%s: %s, %d parameters, %s%s, %d threads, %d train images",
         run_dir,
         hparams["model"],
         hparams["params"],
         device,
+        " (CUDA graphs)" if graphs else "",
         threads,
         data.train.num_samples,
     )
@@ -231,6 +234,7 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> tuple[
         scheduler=scheduler,
         data=data,
         device=device,
+        graphs=graphs,
     )
     return state, tracker
 
@@ -238,7 +242,11 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> tuple[
 def restore(state: RunState, checkpoint: dict[str, Any]) -> None:
     """Continue exactly where the last finished epoch left off (RNG states included)."""
     state.model.load_state_dict(checkpoint["model"])
+    capturable = [g.get("capturable") for g in state.optimizer.param_groups]
     state.optimizer.load_state_dict(checkpoint["optimizer"])
+    for group, flag in zip(state.optimizer.param_groups, capturable, strict=True):
+        if flag is not None:  # this run's device decides, not the one the checkpoint came from
+            group["capturable"] = flag
     if state.scheduler is not None and checkpoint["scheduler"] is not None:
         state.scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_state(checkpoint["rng"])
@@ -266,37 +274,49 @@ def fit(state: RunState, tracker: Tracker) -> dict[str, Any]:
     nan_every = rt.nan_check_interval or (1 if device.type == "cpu" else 50)  # a check syncs a GPU
     # plain locals in the batch loop: a DictConfig lookup costs microseconds, 600 times an epoch
     limit, smoothing = cfg.limit_train_batches or 0, cfg.label_smoothing
-    autocast = partial(torch.autocast, device.type, torch.bfloat16) if rt.bf16 else nullcontext
+    autocast = nullcontext
+    if rt.bf16:  # the weight-cast cache would hold tensors from outside a CUDA graph
+        autocast = partial(
+            torch.autocast, device.type, torch.bfloat16, cache_enabled=not state.graphs
+        )
     select = "val_accuracy" if data.val is not None else "test_accuracy"  # what best.pt follows
+    # the epoch's sums stay on the device (no sync per batch) and keep their address (CUDA graphs)
+    running_loss = state.running_loss = torch.zeros((), device=device)
+    running_correct = state.running_correct = torch.zeros((), dtype=torch.long, device=device)
+
+    def train_step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        with autocast():
+            preds = step_model(images)
+            loss = F.cross_entropy(preds.float(), labels, label_smoothing=smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running_loss.add_(loss.detach() * len(labels))  # per sample: exact for a short batch
+        running_correct.add_((preds.argmax(1) == labels).sum())
+
+    if state.graphs:
+        train_step = GraphedStep(train_step, model, optimizer, (running_loss, running_correct))
     state.run_start = time.perf_counter()
     with StopOnSignal() as stop:
         try:
             tracker.on_run_start(state)
             for epoch in range(state.start_epoch + 1, cfg.epochs + 1):
                 state.epoch, state.epoch_start = epoch, time.perf_counter()
-                state.running_loss = torch.zeros((), device=device)  # summed on the device:
-                state.running_correct = torch.zeros((), dtype=torch.long, device=device)  # no sync
+                running_loss.zero_(), running_correct.zero_()
                 state.running_seen = 0
                 tracker.on_epoch_start(state)
                 model.train()
                 for batch_idx, (images, labels) in enumerate(data.train.epoch(epoch)):
                     if limit and batch_idx >= limit:
                         break
-                    with autocast():
-                        preds = step_model(images)
-                        loss = F.cross_entropy(preds.float(), labels, label_smoothing=smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    train_step(images, labels)
                     if scheduler is not None:
                         scheduler.step()  # per batch: cosine and one-cycle need it
                     state.step += 1
-                    state.running_loss += loss.detach() * len(labels)  # per sample: exact for
-                    state.running_correct += (preds.argmax(1) == labels).sum()  # a short batch
                     state.running_seen += len(labels)
-                    if state.step % nan_every == 0 and not torch.isfinite(state.running_loss):
+                    if state.step % nan_every == 0 and not torch.isfinite(running_loss):
                         raise NonFiniteLossError(
-                            f"loss became {state.running_loss.item()} at epoch {epoch}, "
+                            f"loss became {running_loss.item()} at epoch {epoch}, "
                             f"batch {batch_idx + 1} (lr={cfg.lr}): lower the learning rate"
                         )
                     tracker.on_batch_end(state, batch_idx)

@@ -227,6 +227,7 @@ def option_rows(root: str, device: torch.device, epochs: int) -> list[dict]:
     rows = []
     for name, overrides in (
         ("default", ()),
+        ("runtime.cuda_graphs=false", ("runtime.cuda_graphs=false",)),
         ("runtime.channels_last=false", ("runtime.channels_last=false",)),
         ("runtime.bf16=true", ("runtime.bf16=true",)),
         ("runtime.compile=true", ("runtime.compile=true",)),

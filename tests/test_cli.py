@@ -110,6 +110,7 @@ def test_two_sweeps_in_the_same_second_do_not_share_a_directory(tmp_path):
         (["model=foo"], "seed_cnn"),
         (["optimizer=nope"], "adamw"),
         (["colour=red"], "colour"),
+        (["runtime.cuda_graphs=true", "device=cpu"], "runtime.cuda_graphs=true needs a CUDA"),
     ],
 )
 def test_bad_input_is_a_short_error_without_traceback(tmp_path, args, needle):

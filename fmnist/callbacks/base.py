@@ -26,6 +26,7 @@ class RunState:
     scheduler: Any
     data: Any  # FashionMNISTData
     device: torch.device
+    graphs: bool = False  # training steps replayed as a CUDA graph (fmnist/graphs.py)
     epoch: int = 0  # 1-based number of the epoch in progress or just finished
     start_epoch: int = 0  # epochs already done before this process started (resume)
     step: int = 0  # optimizer steps so far

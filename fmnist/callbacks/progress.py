@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from fmnist.callbacks.base import Callback, RunState
@@ -27,8 +28,9 @@ COLUMNS = (  # name, header format, value format: the article's results table, a
 class ProgressCallback(Callback):
     def __init__(self, bar: bool | None = None, refresh_batches: int = 20):
         self.bar_enabled = sys.stderr.isatty() if bar is None else bar  # quiet in logs and CI
-        self.refresh_batches = refresh_batches  # reading device sums costs a sync on GPU
+        self.refresh_batches = refresh_batches  # batches between updates of loss and accuracy
         self.bar: tqdm | None = None
+        self._pending: tuple[torch.Tensor, int, torch.cuda.Event] | None = None
         self._header_done = False
 
     def on_epoch_start(self, state: RunState) -> None:
@@ -49,13 +51,30 @@ class ProgressCallback(Callback):
             return
         self.bar.update(1)
         if batch_idx % self.refresh_batches == 0 and state.running_seen:
-            self.bar.set_postfix(
-                loss=f"{state.running_loss.item() / state.running_seen:.4f}",
-                acc=f"{state.running_correct.item() / state.running_seen:.4f}",
-                refresh=False,
-            )
+            shown = self._read_sums(state)
+            if shown is not None:
+                (loss, correct), seen = shown
+                self.bar.set_postfix(loss=f"{loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+
+    def _read_sums(self, state: RunState) -> tuple[list[float], int] | None:
+        """The epoch's loss and correct sums. On a GPU, never wait: show the copy queued at the
+        previous update once it has arrived (one update late), and queue the next one."""
+        sums = torch.stack((state.running_loss.float(), state.running_correct.float()))
+        if not sums.is_cuda:
+            return sums.tolist(), state.running_seen
+        shown = None
+        if self._pending is not None and self._pending[2].query():
+            shown = self._pending[0].tolist(), self._pending[1]
+        if self._pending is None or shown is not None:
+            host = torch.empty(2, pin_memory=True)
+            host.copy_(sums, non_blocking=True)
+            arrived = torch.cuda.Event()
+            arrived.record()
+            self._pending = (host, state.running_seen, arrived)
+        return shown
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
+        self._pending = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
