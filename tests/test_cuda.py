@@ -107,38 +107,56 @@ def test_cuda_graphs_are_on_where_safe(data_root, tmp_path):
         assert state.graphs is expected, overrides
 
 
-def test_graphed_steps_train_like_eager_steps(data_root, tmp_path):
-    """Same data, same init: 2 x 50 Adam steps replayed from a graph equal 100 eager ones.
-
-    Leaked warm-up steps or sums counted twice would show here."""
+def train_twice(overrides: list[str], data_root, tmp_path) -> dict[bool, tuple]:
+    """The same seeded run eagerly and through a CUDA graph: (last row, initial, final weights)."""
     out = {}
     for graphs in (False, True):
         cfg = compose_cfg(
-            [
-                f"runtime.cuda_graphs={graphs}",
-                "shuffle=false",
-                "epochs=2",
-                "limit_train_batches=50",
-                "limit_test_batches=2",
-                "callbacks=none",
-            ],
+            [f"runtime.cuda_graphs={graphs}", "shuffle=false", "callbacks=none", *overrides],
             data_root,
         )
         run_dir = tmp_path / str(graphs)
         run_dir.mkdir()
         state, tracker = build_run(cfg, run_dir, flat_hparams(cfg))
         assert state.graphs is graphs
+        initial = [p.detach().clone() for p in state.model.parameters()]
         row = fit(state, tracker)
-        out[graphs] = row, [p.detach().clone() for p in state.model.parameters()]
-    (eager, eager_weights), (graphed, graphed_weights) = out[False], out[True]
-    for a, b in zip(eager_weights, graphed_weights, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-3)
-    assert abs(graphed["loss"] - eager["loss"]) < 1e-3
-    assert abs(graphed["num_correct"] - eager["num_correct"]) <= 5
+        out[graphs] = row, initial, [p.detach().clone() for p in state.model.parameters()]
+    return out
+
+
+def test_graph_capture_trains_no_extra_steps(data_root, tmp_path):
+    """One batch, one step: the capture's warm-up steps must leave no trace.
+
+    Adam's first step moves each weight by about lr; leaked warm-up steps would move it ~4x."""
+    out = train_twice(
+        ["epochs=1", "limit_train_batches=1", "limit_test_batches=1"], data_root, tmp_path
+    )
+    (eager, w0, w_eager), (graphed, w0_graphed, w_graphed) = out[False], out[True]
+    for a, b, c, d in zip(w0, w_eager, w0_graphed, w_graphed, strict=True):
+        assert torch.equal(a, c)  # same seeded initial weights
+        moved_eager, moved_graphed = (b - a).flatten(), (d - c).flatten()
+        ratio = moved_graphed.norm() / moved_eager.norm()
+        cosine = torch.nn.functional.cosine_similarity(moved_eager, moved_graphed, dim=0)
+        assert 0.95 < ratio < 1.05 and cosine > 0.99, (ratio, cosine)
+    assert graphed["num_correct"] == eager["num_correct"]  # the same forward pass on one batch
+    assert abs(graphed["loss"] - eager["loss"]) < 1e-4
+
+
+def test_graphed_steps_train_like_eager_steps(data_root, tmp_path):
+    """2 x 50 replayed steps reach what 2 x 50 eager steps reach (not bitwise: cuDNN's
+    backward kernels are not deterministic, and Adam turns tiny gradient noise into ~lr steps)."""
+    out = train_twice(
+        ["epochs=2", "limit_train_batches=50", "limit_test_batches=2"], data_root, tmp_path
+    )
+    (eager, _, _), (graphed, _, _) = out[False], out[True]
+    assert abs(graphed["loss"] - eager["loss"]) < 0.02, (graphed["loss"], eager["loss"])
+    assert abs(graphed["num_correct"] - eager["num_correct"]) <= 50  # of 5,000 images
+    assert abs(graphed["test_accuracy"] - eager["test_accuracy"]) <= 0.02
 
 
 def test_sync_guard_catches_a_per_batch_sync(data_root, tmp_path):
-    """The control for the test above: a NaN check every batch reads the loss, which syncs."""
+    """The control for the no-wait test: a NaN check every batch reads the loss, which syncs."""
     with pytest.raises(RuntimeError, match="synchroniz"):
         guarded_fit(["runtime.nan_check_interval=1"], data_root, tmp_path)
 
