@@ -1,19 +1,12 @@
-"""TensorBoard, in the run's own directory: scalars, images, graph, histograms, HParams, figures.
-
-Each epoch's values are copied at the epoch's end and written by one background thread
-(histograms and PNG encoding took ~80 ms an epoch on 2 cores, ~0.2 s on a GPU machine: more
-than a GPU epoch at batch 1000). One thread keeps the writes in order; closing waits for them.
-"""
+"""TensorBoard, in the run's own directory: scalars, images, graph, histograms, HParams, figures."""
 
 from __future__ import annotations
 
 import logging
 import math
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import torch
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
@@ -55,14 +48,11 @@ class TensorBoardCallback(Callback):
         self.log_graph, self.log_images, self.hparams = log_graph, log_images, hparams
         self.histogram_interval, self.figure_interval = histogram_interval, figure_interval
         self.writer: SummaryWriter | None = None
-        self._worker: ThreadPoolExecutor | None = None
-        self._pending: list[Future] = []
 
     def on_run_start(self, state: RunState) -> None:
         # purge_step drops events a crashed attempt wrote after its last checkpoint
         purge = state.start_epoch + 1 if state.resumed else None
         self.writer = SummaryWriter(log_dir=str(state.run_dir), purge_step=purge, flush_secs=30)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tensorboard")
         if self.hparams:
             values = {k: hparam_value(v) for k, v in state.hparams.items()}
             metrics = HPARAM_METRICS + (
@@ -92,38 +82,21 @@ class TensorBoardCallback(Callback):
         self.writer.flush()
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
-        """Copy this epoch's values now; the worker thread renders and writes them."""
-        epoch = state.epoch
-        scalars = {
-            tag: row[column]
-            for tag, column in SCALARS.items()
-            if column in row and isinstance(row[column], int | float) and math.isfinite(row[column])
-        }
-        tensors: dict[str, torch.Tensor] = {}
+        w, epoch = self.writer, state.epoch
+        for tag, column in SCALARS.items():
+            if (
+                column in row
+                and isinstance(row[column], int | float)
+                and math.isfinite(row[column])
+            ):
+                w.add_scalar(tag, row[column], epoch)
         if self.histogram_interval and epoch % self.histogram_interval == 0:
             for name, param in state.model.named_parameters():
-                tensors[name] = param.detach().float().cpu()  # .cpu() copies: safe to hand over
+                w.add_histogram(name, param.detach().float().cpu(), epoch)
                 if param.grad is not None:
-                    tensors[f"{name}.grad"] = param.grad.detach().float().cpu()
+                    w.add_histogram(f"{name}.grad", param.grad.detach().float().cpu(), epoch)
         test = state.evals.get("test")
-        if not (test is not None and self.figure_interval and epoch % self.figure_interval == 0):
-            test = None
-        self._check_writes()
-        self._pending.append(self._worker.submit(self._write_epoch, epoch, scalars, tensors, test))
-
-    def _write_epoch(
-        self,
-        epoch: int,
-        scalars: dict[str, float],
-        histograms: dict[str, torch.Tensor],
-        test: dict[str, Any] | None,
-    ) -> None:
-        w = self.writer
-        for tag, value in scalars.items():
-            w.add_scalar(tag, value, epoch)
-        for name, values in histograms.items():
-            w.add_histogram(name, values, epoch)
-        if test is not None:
+        if test is not None and self.figure_interval and epoch % self.figure_interval == 0:
             w.add_image(
                 "ConfusionMatrix/test", confusion_image(test["confusion"]), epoch, dataformats="HWC"
             )
@@ -134,18 +107,9 @@ class TensorBoardCallback(Callback):
                 w.add_image("Misclassified/test", grid, epoch, dataformats="HWC")
         w.flush()
 
-    def _check_writes(self) -> None:
-        """A failed write is logged, not raised: TensorBoard must never stop the training."""
-        for future in [f for f in self._pending if f.done()]:
-            self._pending.remove(future)
-            if future.exception() is not None:
-                log.warning("TensorBoard write failed: %r", future.exception())
-
     def _close(self, status: str) -> None:
         if self.writer is None:
             return
-        self._worker.shutdown(wait=True)  # every epoch's events are on disk before the end
-        self._check_writes()
         if self.hparams:
             self.writer._get_file_writer().add_summary(session_end(status))
         self.writer.close()
