@@ -1,10 +1,12 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from fmnist.config import ConfigError, validate
+from fmnist.graphs import optimizer_options, want_graphs
 from tests.conftest import CONF, compose_cfg
 
 
@@ -90,3 +92,34 @@ def test_data_root_from_environment(monkeypatch, tmp_path: Path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         assert compose(config_name="train").data.root == str(tmp_path)
+
+
+CUDA = torch.device("cuda")  # a device object only: deciding needs no GPU
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], True),  # the article's setup: Adam, constant lr
+        (["optimizer=sgd"], True),
+        (["runtime.cuda_graphs=false"], False),
+        (["scheduler=onecycle"], False),  # a float lr would be baked into the graph
+        (["runtime.compile=true"], False),
+        (["optimizer._target_=torch.optim.Adagrad"], False),  # keeps its step count on the CPU
+    ],
+)
+def test_cuda_graphs_are_on_only_where_safe(overrides, expected):
+    assert want_graphs(compose_cfg(overrides), CUDA) is expected
+    assert want_graphs(compose_cfg(overrides), torch.device("cpu")) is False
+
+
+def test_asking_for_cuda_graphs_where_unsafe_names_every_reason():
+    cfg = compose_cfg(["experiment=best", "runtime.cuda_graphs=true"])
+    with pytest.raises(ConfigError) as info:
+        want_graphs(cfg, torch.device("cpu"))
+    message = str(info.value)
+    assert "a CUDA device" in message and "a constant learning rate" in message
+    assert optimizer_options(compose_cfg(["runtime.cuda_graphs=true"]), True) == {
+        "capturable": True
+    }
+    assert optimizer_options(compose_cfg(["optimizer=sgd"]), True) == {}  # SGD has no such flag
