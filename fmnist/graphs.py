@@ -21,16 +21,19 @@ from fmnist.config import ConfigError
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
+def _has_capturable_flag(optimizer_class: type) -> bool:
+    """Adam, AdamW, RMSprop...: a flag that keeps their step count on the GPU."""
+    return "capturable" in inspect.signature(optimizer_class).parameters
+
+
 def capturable(optimizer_class: type) -> bool:
-    """SGD keeps no step count; Adam, AdamW, RMSprop... can keep theirs on the GPU."""
-    return issubclass(optimizer_class, torch.optim.SGD) or (
-        "capturable" in inspect.signature(optimizer_class).parameters
-    )
+    """SGD keeps no step count; the others need the flag."""
+    return issubclass(optimizer_class, torch.optim.SGD) or _has_capturable_flag(optimizer_class)
 
 
 def optimizer_options(cfg: DictConfig, graphs: bool) -> dict[str, Any]:
     """Extra constructor arguments: `capturable=True` where a graph will replay the step."""
-    takes = "capturable" in inspect.signature(get_class(cfg.optimizer._target_)).parameters
+    takes = _has_capturable_flag(get_class(cfg.optimizer._target_))
     return {"capturable": True} if graphs and takes else {}
 
 
@@ -105,8 +108,12 @@ class GraphedStep:
                 t.copy_(s)
             for p, state in self.optimizer.state.items():
                 for k, v in state.items():
-                    if torch.is_tensor(v):  # new state (first steps): as if never stepped
-                        v.copy_(optim_saved[p][k]) if k in optim_saved.get(p, {}) else v.zero_()
+                    if not torch.is_tensor(v):
+                        continue
+                    if k in optim_saved.get(p, {}):
+                        v.copy_(optim_saved[p][k])
+                    else:  # state the warm-up created: as if never stepped
+                        v.zero_()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.step(self.x, self.y)

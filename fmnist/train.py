@@ -302,7 +302,8 @@ def fit(state: RunState, tracker: Tracker) -> dict[str, Any]:
             tracker.on_run_start(state)
             for epoch in range(state.start_epoch + 1, cfg.epochs + 1):
                 state.epoch, state.epoch_start = epoch, time.perf_counter()
-                running_loss.zero_(), running_correct.zero_()
+                running_loss.zero_()
+                running_correct.zero_()
                 state.running_seen = 0
                 tracker.on_epoch_start(state)
                 model.train()
