@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	-$(BIN)/python -m pip install --upgrade pip  # best effort: an old pip works too
-	$(BIN)/python -m pip install -e '.[dev,optuna]'
+	$(BIN)/python -m pip install -e '.[dev,optuna,export]'
 	touch $(STAMP)
 
 data: $(STAMP)  ## find, fetch and check Fashion-MNIST (Debian package, torchvision, apt-get)

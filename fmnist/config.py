@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist.metrics import OBJECTIVES
+
 
 class ConfigError(ValueError):
     """A config value that composes but cannot be used; the message names key and allowed values."""
@@ -35,7 +37,7 @@ class AugmentConfig:
 class DataConfig:
     root: str = "data"  # holds FashionMNIST/raw/; env FMNIST_DATA overrides (see data/*.yaml)
     loader: Loader = Loader.memory
-    val_size: int = 0  # images held out of the 60,000 for validation; 0 = the article's setup
+    val_size: int = 5000  # held out of the 60,000, stratified by class; 0 = the article's setup
     split_seed: int = 0  # fixes which images form the validation split, whatever `seed` is
     eval_batch_size: int = 1000  # test/val evaluation batch; no gradients, so large is fine
     download: bool = True  # allow torchvision's download / apt-get when files are missing
@@ -49,8 +51,17 @@ class RuntimeConfig:
     flush_denormal: bool = True  # denormal floats are slow on x86
     compile: bool = False  # torch.compile: slower here for small nets, costs warm-up
     cuda_graphs: bool | None = None  # replay each step as a CUDA graph; null = on where safe
-    bf16: bool = False  # bf16 autocast: ~2x faster bn_cnn on AVX512-BF16 CPUs; not seed_cnn
+    bf16: Any = (
+        False  # bf16 autocast: true, false, or auto (on only where bf16 is native and faster)
+    )
     nan_check_interval: int = 0  # check loss every N steps; 0 = every step on CPU, 50 on GPU
+    detect_anomaly: bool = False  # autograd anomaly detection (debug=anomaly): slow, names the op
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.0  # exponential moving average of the weights, e.g. 0.999; 0 = off
+    every: int = 1  # update the average every N steps (cheaper on small batches)
 
 
 @dataclass
@@ -62,9 +73,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     label_smoothing: float = 0.0
+    grad_clip: float | None = None  # clip the gradients' global norm to this; None = off
+    monitor: str = "val_accuracy"  # the objective: best.pt, sweeps and compare (val_loss also)
+    tta: bool = False  # evaluate on the mean of each image and its mirror image
     limit_train_batches: int | None = None  # cap batches per epoch (quick tests); None = all
     limit_test_batches: int | None = None
     resume: str | None = None  # a run directory to continue (see README)
+    output_dir: str = "???"  # the run's directory; ${hydra:runtime.output_dir} in conf/train.yaml
+    choices: dict[str, Any] = field(default_factory=dict)  # chosen group files (model=bn_cnn)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     model: Any = None
     optimizer: Any = None
     scheduler: Any = None
@@ -78,6 +95,12 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 # Unique per process, cached in the config so every job of a sweep sees the same value:
 # two sweeps started in the same second get different directories.
 OmegaConf.register_new_resolver("fmnist.pid", lambda: os.getpid(), use_cache=True, replace=True)
+
+OmegaConf.register_new_resolver(
+    "fmnist.direction",
+    lambda monitor: "maximize" if OBJECTIVES.get(monitor) == "max" else "minimize",
+    replace=True,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -100,14 +123,33 @@ def validate(cfg: DictConfig) -> None:
         _check(value is None or value >= 1, key, value, "must be null (all) or an integer >= 1")
     device = str(cfg.device)
     _check(
-        device.split(":")[0] in DEVICES,
+        device.split(":")[0] in DEVICES and (device.startswith("cuda") or ":" not in device),
         "device",
         device,
         f"allowed: {', '.join(DEVICES)} (or cuda:N)",
     )
     _check(0 <= cfg.data.val_size < 60000, "data.val_size", cfg.data.val_size, "must be 0..59999")
     _check(cfg.data.eval_batch_size >= 1, "data.eval_batch_size", cfg.data.eval_batch_size, ">= 1")
-    _check(cfg.runtime.threads >= 0, "runtime.threads", cfg.runtime.threads, ">= 0 (0 = auto)")
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    _check(
+        0 <= cfg.runtime.threads <= cores,
+        "runtime.threads",
+        cfg.runtime.threads,
+        f"0 (auto) to {cores}, the cores this process may use (more threads only slow it down)",
+    )
+    bf16 = cfg.runtime.bf16
+    _check(bf16 in (True, False, "auto"), "runtime.bf16", bf16, "true, false or auto")
+    _check(
+        cfg.monitor in OBJECTIVES,
+        "monitor",
+        cfg.monitor,
+        f"one of {', '.join(OBJECTIVES)} (selection uses validation, never test)",
+    )
+    _check(cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", cfg.grad_clip, "null or > 0")
+    _check(0 <= cfg.ema.decay < 1, "ema.decay", cfg.ema.decay, "in [0, 1); 0 = off")
+    _check(cfg.ema.every >= 1, "ema.every", cfg.ema.every, ">= 1")
     aug = cfg.data.augment
     _check(0 <= aug.crop_padding <= 8, "data.augment.crop_padding", aug.crop_padding, "0..8")
     _check(0 <= aug.erasing <= 1, "data.augment.erasing", aug.erasing, "a probability in [0, 1]")

@@ -1,49 +1,40 @@
-"""Evaluate a trained run on the test (or validation) split: overall, per class, confusion matrix.
+"""Evaluate a trained model on the test (or validation) split: overall, per class, confusion matrix.
 
 python -m fmnist.evaluate outputs/runs/2026-11-27/10-00-00_123 [--checkpoint last] [--split val]
+python -m fmnist.evaluate somewhere/best.pt        # a checkpoint file alone works too
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from fmnist import CLASSES
+from fmnist.config import DataConfig
 from fmnist.data import DataError, build_data
-from fmnist.io import write_json
-from fmnist.train import evaluate
-from fmnist.trained import RunError, load_trained
+from fmnist.files import write_json
+from fmnist.metrics import evaluate, per_class
+from fmnist.rundir import RunDirError, load_trained
+
+PROJECT_DATA = Path(__file__).resolve().parent.parent / "data"  # where `make data` puts it
 
 
-def per_class(confusion: list[list[int]]) -> list[dict[str, Any]]:
-    """Precision, recall (the accuracy on that class) and F1 from a true x predicted matrix."""
-    m = torch.tensor(confusion, dtype=torch.float64)
-    tp, predicted, actual = m.diag(), m.sum(0), m.sum(1)
-    rows = []
-    for i, name in enumerate(CLASSES):
-        precision = (tp[i] / predicted[i]).item() if predicted[i] else 0.0
-        recall = (tp[i] / actual[i]).item() if actual[i] else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(
-            {
-                "class": name,
-                "precision": precision,
-                "recall": recall,
-                "f1": f1,
-                "support": int(actual[i]),
-            }
-        )
-    return rows
+def default_data_root() -> str:
+    """FMNIST_DATA, else the project's data/ (never a relative path: it would depend on the cwd)."""
+    return os.environ.get("FMNIST_DATA") or str(PROJECT_DATA)
 
 
 def render(result: dict[str, Any]) -> str:
     short = [c.split("/")[0][:7] for c in CLASSES]
+    tta = ", with flip TTA" if result.get("tta") else ""
     lines = [
-        f"{result['run']} ({result['checkpoint']}.pt, epoch {result['epoch']}) on {result['split']}: "
+        f"{result['run']} ({result['checkpoint']}, epoch {result['epoch']}) on {result['split']}{tta}: "
         f"accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "
         f"{result['num_correct']}/{result['num_samples']} correct",
         "",
@@ -66,55 +57,90 @@ def render(result: dict[str, Any]) -> str:
 
 
 def run_evaluation(
-    run_dir: str | Path, checkpoint: str = "best", split: str = "test"
+    path: str | Path,
+    checkpoint: str = "best",
+    split: str = "test",
+    tta: bool | None = None,
+    data_root: str | None = None,
 ) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    cfg, model, ckpt = load_trained(run_dir, checkpoint)
-    if split == "val" and not cfg.data.val_size:
-        raise RunError(
-            f"{run_dir} was trained without a validation split (data.val_size=0); use --split test"
+    """Evaluate; `tta=None` uses what the run was trained with. Writes nothing (see `save`)."""
+    trained = load_trained(path, checkpoint)
+    ckpt = trained.checkpoint
+    split_cfg = ckpt.get("split") or {"val_size": 0, "split_seed": 0}
+    if split == "val" and not split_cfg.get("val_size"):
+        raise RunDirError(
+            f"{trained.label} was trained without a validation split; use --split test"
         )
-    device = torch.device("cpu")
-    data = build_data(cfg.data, cfg.batch_size, False, cfg.seed, device, channels_last=False)
+    data_cfg = OmegaConf.structured(DataConfig)
+    data_cfg.root = data_root or default_data_root()
+    data_cfg.val_size, data_cfg.split_seed = (
+        int(split_cfg["val_size"]),
+        int(split_cfg["split_seed"]),
+    )
+    data = build_data(data_cfg, 1000, False, 0, torch.device("cpu"), channels_last=False)
     loader = data.val if split == "val" else data.test
-    metrics = evaluate(model.to(device), loader, keep_wrong=0)
-    from fmnist.plots import confusion_figure, pyplot
-
-    result = {
-        "run": str(run_dir),
-        "checkpoint": checkpoint,
+    tta = bool(ckpt.get("tta")) if tta is None else tta
+    metrics = evaluate(trained.model, loader, keep_wrong=0, tta=tta)
+    return {
+        "run": trained.label,
+        "checkpoint": trained.path.name,
         "epoch": ckpt["epoch"],
         "split": split,
+        "tta": tta,
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "num_correct": metrics["num_correct"],
-        "num_samples": loader.num_samples,
+        "num_samples": metrics["num_samples"],
         "per_class": per_class(metrics["confusion"]),
         "confusion": metrics["confusion"],
         "classes": list(CLASSES),
     }
-    write_json(run_dir / "evaluation.json", result)
-    fig = confusion_figure(
-        metrics["confusion"], f"Confusion matrix ({split}, {checkpoint}.pt, epoch {ckpt['epoch']})"
-    )
-    fig.savefig(run_dir / "confusion_matrix.png")
+
+
+def save(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """evaluation.json and confusion_matrix.png into `out_dir`."""
+    from fmnist.plots import confusion_figure, pyplot
+
+    paths = [out_dir / "evaluation.json", out_dir / "confusion_matrix.png"]
+    write_json(paths[0], result)
+    title = f"Confusion matrix ({result['split']}, {result['checkpoint']}, epoch {result['epoch']})"
+    fig = confusion_figure(result["confusion"], title)
+    fig.savefig(paths[1])
     pyplot().close(fig)
-    return result
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fmnist-evaluate", description="Evaluate a trained run.")
-    parser.add_argument("run_dir")
+    parser.add_argument("run", help="a run directory, or a checkpoint file (.pt)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip TTA (default: as trained)",
+    )
+    parser.add_argument(
+        "--data-root", default=None, help="default: $FMNIST_DATA, else the project's data/"
+    )
     args = parser.parse_args(argv)
     try:
-        result = run_evaluation(args.run_dir, args.checkpoint, args.split)
-    except (RunError, DataError) as exc:
+        result = run_evaluation(args.run, args.checkpoint, args.split, args.tta, args.data_root)
+    except (RunDirError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(render(result))
-    print(f"\nwrote evaluation.json and confusion_matrix.png in {args.run_dir}")
+    out_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    try:
+        save(result, out_dir)
+    except OSError as exc:
+        print(
+            f"error: could not write evaluation.json in {out_dir}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"\nwrote evaluation.json and confusion_matrix.png in {out_dir}")
     return 0
 
 

@@ -1,4 +1,10 @@
-"""A run's hyperparameters as one flat dict of plain values (results rows, TensorBoard, compare)."""
+"""A run's hyperparameters as one flat dict of plain values (results rows, TensorBoard, compare).
+
+Which keys tell runs apart is defined here once: `NOT_IDENTITY` for "is this directory the same
+run" (resume), `DERIVED` for values computed from the config. Which overrides are left out of a
+sweep job's directory name is Hydra's `exclude_keys` (conf/hydra/default.yaml); sweeping one of
+those is refused before any job starts (fmnist/sweep.py).
+"""
 
 from __future__ import annotations
 
@@ -13,45 +19,42 @@ TOP_LEVEL = (
     "epochs",
     "seed",
     "label_smoothing",
+    "grad_clip",
     "limit_train_batches",
     "limit_test_batches",
 )
-# Keys that do not change what a run computes; leaving them out lets a run resume elsewhere.
-NOT_IDENTITY = {"epochs", "params"}  # params: derived from the model
-
-
-def group_choice(group: str, node: Any) -> str:
-    """The YAML file chosen for a config group (`seed_cnn`), else the class named in _target_."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choice = HydraConfig.get().runtime.choices.get(group)
-        if choice:
-            return str(choice)
-    except ValueError:  # not inside a Hydra job
-        pass
-    if not node or "_target_" not in node:
-        return "none"
-    return str(node["_target_"]).rsplit(".", 1)[-1]
+GROUPS = ("model", "optimizer", "scheduler")
+DERIVED = frozenset({"params"})  # computed from the model: shown, never used to tell runs apart
+NOT_IDENTITY = frozenset({"epochs"}) | DERIVED  # a finished run may be trained further
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    """Top-level values, the chosen group files (`model=bn_cnn`) and their settings, data options."""
+    plain = {  # the hydra node (present when composed with return_hydra_config) is not ours
+        k: OmegaConf.to_container(v, resolve=True, enum_to_str=True)
+        if OmegaConf.is_config(v)
+        else v
+        for k, v in cfg.items()
+        if k != "hydra"
+    }
     out: dict[str, Any] = {k: plain[k] for k in TOP_LEVEL if plain.get(k) is not None}
-    for group in ("model", "optimizer", "scheduler"):
-        node = plain.get(group) or {}
-        out[group] = group_choice(group, node)
-        for key, value in node.items():
+    for group in GROUPS:
+        out[group] = str(plain["choices"][group])
+        for key, value in (plain.get(group) or {}).items():
             if not key.startswith("_") and not (key == "lr" and value == plain["lr"]):
                 out[f"{group}.{key}"] = value
     data = plain["data"]
     out["data.loader"] = data["loader"]
+    out["data.val_size"] = data["val_size"]
     if data["val_size"]:
-        out["data.val_size"] = data["val_size"]
         out["data.split_seed"] = data["split_seed"]
     for key, value in data["augment"].items():
         if value:
             out[f"data.augment.{key}"] = value
+    if (plain.get("ema") or {}).get("decay"):
+        out["ema.decay"] = plain["ema"]["decay"]
+    if plain.get("tta"):
+        out["tta"] = True
     return out
 
 

@@ -114,6 +114,44 @@ def misclassified_image(
     return np.asarray(sheet)
 
 
+def predictions_image(
+    images: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor, columns: int = 4
+):  # noqa: ANN201
+    """The tutorial's `plot_classes_preds`: each image titled with the predicted class, its
+    probability and the true class, green when right and red when wrong (HWC uint8)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    n = len(images)
+    scale, caption = 3, 30
+    tile_w, tile_h = 28 * scale + 40, 28 * scale + caption
+    rows = max(1, -(-n // columns))
+    sheet = Image.new("RGB", (columns * tile_w, rows * tile_h + 22), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font(10)
+    draw.text((4, 4), "Predicted (probability) / true class", fill="black", font=_font(12))
+    confidence, preds = probs.max(1)
+    for k in range(n):
+        pixels = (images[k].reshape(28, 28).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+        tile = Image.fromarray(pixels).resize((28 * scale, 28 * scale), Image.Resampling.NEAREST)
+        x, y = (k % columns) * tile_w + 20, (k // columns) * tile_h + 22
+        sheet.paste(tile.convert("RGB"), (x, y))
+        right = int(preds[k]) == int(targets[k])
+        color = "green" if right else "red"
+        draw.rectangle(
+            (x - 2, y - 2, x + 28 * scale + 1, y + 28 * scale + 1), outline=color, width=2
+        )
+        text = f"{CLASSES[int(preds[k])]} {float(confidence[k]):.0%}"
+        draw.text((x - 16, y + 28 * scale + 2), text, fill=color, font=font)
+        draw.text(
+            (x - 16, y + 28 * scale + 14),
+            f"(true: {CLASSES[int(targets[k])]})",
+            fill=color,
+            font=font,
+        )
+    return np.asarray(sheet)
+
+
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
     """N x 1 x H x W in [0, 1] -> 1 x H' x W' grid with white gutters (no torchvision import)."""
     n, _, h, w = images.shape

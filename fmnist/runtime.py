@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import random
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +24,63 @@ def pick_device(name: str) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from fmnist.config import ConfigError
+    from fmnist.config import ConfigError
 
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} is invalid: no CUDA GPU here; use device=auto or cpu")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError("device=mps is invalid: no Apple GPU here; use device=auto or cpu")
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} is invalid: {torch.cuda.device_count()} CUDA GPU(s) here")
     return torch.device(name)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # oneDNN emulates bf16 elsewhere, and slower than fp32
+
+
+def decide_bf16(
+    setting: Any, device: torch.device, flags: set[str] | None = None
+) -> tuple[bool, str]:
+    """runtime.bf16 -> (on, why). `auto`: on only for a CPU with native bf16 instructions.
+
+    Measured (README, docs/performance.md): a bn_cnn step in bf16 autocast took 0.56x the fp32 time
+    on an AMD EPYC with AVX512-BF16, 1.5-1.7x on an Intel Xeon without it, and 1.1-1.3x on an H200
+    (kernels this small gain nothing from bf16 on a GPU). `torch`'s own check answers True on
+    CPUs that only emulate bf16, so the decision reads the CPU flags.
+    """
+    if setting is True or setting is False:
+        return bool(setting), f"runtime.bf16={str(setting).lower()} (forced)"
+    if device.type != "cpu":
+        return False, f"runtime.bf16=auto: off on {device.type} (measured slower for these nets)"
+    flags = cpu_flags() if flags is None else flags
+    native = [f for f in NATIVE_BF16 if f in flags]
+    if native:
+        return True, f"runtime.bf16=auto: on, the CPU has native bf16 ({', '.join(native)})"
+    return False, "runtime.bf16=auto: off, the CPU has no native bf16 (no avx512_bf16 or amx_bf16)"
 
 
 def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -72,6 +127,7 @@ def configure(rt: DictConfig) -> int:
     torch.set_num_threads(threads)
     if rt.flush_denormal:
         torch.set_flush_denormal(True)
+    torch.autograd.set_detect_anomaly(bool(rt.get("detect_anomaly", False)))
     return threads
 
 

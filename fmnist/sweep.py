@@ -1,28 +1,68 @@
-"""End-of-sweep report: the summary table and every failed job with its reason.
+"""Hydra callback for sweeps: refuse sweeps whose jobs would share a directory, give jobs that
+failed before training a status, and print the summary table with every failed job's reason.
 
-Hydra 1.3 skips `on_multirun_end` when a job failed and re-raises only the first failure, so
-`finish()` (called by the console entry after Hydra returns or exits) reports in that case too.
+Hydra 1.3 skips `on_multirun_end` when a job failed and re-raises only the first failure, so the
+report is also registered with `atexit` and printed once, whichever comes first.
 """
 
 from __future__ import annotations
 
+import atexit
 import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fmnist.callbacks.status import read_status, write_status
+from fmnist.rundir import read_status, write_status
 
-_SWEEP: dict[str, Any] = {}  # the sweep directory of this process's multirun, if any
+
+def job_exception(job_return: JobReturn) -> BaseException | None:
+    """A failed job's exception, through Hydra's public API (`return_value` re-raises it)."""
+    try:
+        job_return.return_value  # noqa: B018
+    except BaseException as exc:  # noqa: BLE001  (whatever the job raised)
+        return exc
+    return None
+
+
+def swept_keys(config: DictConfig) -> set[str]:
+    """Keys given more than one value, on the command line or in `hydra.sweeper.params`."""
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    params = config.hydra.sweeper.get("params") or {}
+    keys |= {str(k) for k, v in params.items() if "," in str(v) or "(" in str(v)}
+    return keys
+
+
+def shared_directory_keys(config: DictConfig) -> list[str]:
+    """Swept keys left out of job directory names: their jobs would all write one directory."""
+    excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
+    return sorted(
+        k for k in swept_keys(config) if k.lstrip("+~") in excluded or k.split(".")[0] in excluded
+    )
 
 
 class SweepReport(Callback):
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+        self.reported = False
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _SWEEP.clear()
-        _SWEEP["dir"] = Path(str(config.hydra.sweep.dir))
+        clash = shared_directory_keys(config)
+        if clash:
+            print(
+                f"error: cannot sweep {', '.join(clash)}: it is left out of job directory names "
+                "(hydra.job.config.override_dirname.exclude_keys), so the jobs would share one "
+                "directory; run one sweep per value with its own hydra.sweep.dir",
+                file=sys.stderr,
+            )
+            sys.exit(2)  # SystemExit passes through Hydra's callback guard: no job has started
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        atexit.register(self.finish)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """A job that failed before training started (bad value, no data) still gets a status."""
@@ -31,7 +71,7 @@ class SweepReport(Callback):
         run_dir = Path(config.hydra.runtime.output_dir)
         status = read_status(run_dir)
         if status is None or status.get("status") == "running":
-            exc = job_return._return_value
+            exc = job_exception(job_return)
             write_status(
                 run_dir,
                 status="failed",
@@ -41,32 +81,34 @@ class SweepReport(Callback):
             )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        finish(failed_exit=False)
+        self.finish()
 
+    def finish(self) -> None:
+        """Print the summary and the failures, once."""
+        if self.sweep_dir is None or self.reported:
+            return
+        self.reported = True
+        from fmnist.compare import report
 
-def finish(failed_exit: bool = True) -> None:
-    """Print the summary and the failures once; exit 1 if any job failed (when allowed)."""
-    sweep_dir = _SWEEP.get("dir")
-    if sweep_dir is None or _SWEEP.get("reported"):
-        return
-    _SWEEP["reported"] = True
-    from fmnist.compare import report
-
-    print(f"\n=== sweep summary: {sweep_dir} ===")
-    try:
-        summary = report(sweep_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"no summary: {exc}")
-        return
-    failed = summary.table[summary.table["status"] != "completed"]
-    if len(failed):
-        print(f"\n{len(failed)} of {len(summary.table)} jobs did not complete:", file=sys.stderr)
-        for row in failed.itertuples(index=False):
-            reason = getattr(row, "reason", "") or ""
-            print(f"  {row.run}: {row.status} after epoch {row.epochs}  {reason}", file=sys.stderr)
-        print(
-            "rerun the same command with hydra.sweep.dir=" + str(sweep_dir) + " to resume",
-            file=sys.stderr,
-        )
-        if failed_exit:
-            sys.exit(1)
+        print(f"\n=== sweep summary: {self.sweep_dir} ===", flush=True)
+        try:
+            summary = report(self.sweep_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"no summary: {exc}")
+            return
+        failed = summary.table[summary.table["status"] != "completed"]
+        if len(failed):
+            print(
+                f"\n{len(failed)} of {len(summary.table)} jobs did not complete:", file=sys.stderr
+            )
+            for row in failed.itertuples(index=False):
+                reason = getattr(row, "reason", "") or ""
+                print(
+                    f"  {row.run}: {row.status} after epoch {row.epochs}  {reason}", file=sys.stderr
+                )
+            print(
+                f"rerun the same command with hydra.sweep.dir={self.sweep_dir} to resume",
+                file=sys.stderr,
+            )
+        sys.stdout.flush()
+        sys.stderr.flush()

@@ -24,32 +24,37 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 
 import fmnist.config  # noqa: F401
-from fmnist.callbacks.base import Callback
+from fmnist import provenance
+from fmnist.callbacks.base import Callback, Tracker
 from fmnist.callbacks.status import peak_rss_mb
 from fmnist.data import ensure_data
+from fmnist.engine.build import build_run
+from fmnist.engine.loop import fit
+from fmnist.hparams import flat_hparams
 from fmnist.models.seed_cnn import SeedCNN
-from fmnist.runtime import pick_device
-from fmnist.train import train
+from fmnist.runtime import decide_bf16, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMES: list[float] = []
 
 
 class EpochTimer(Callback):
     """Marks each epoch start and the run end: full epochs, evaluation and callbacks included."""
 
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
     def on_epoch_start(self, state) -> None:  # noqa: ANN001
-        TIMES.append(time.perf_counter())
+        self.marks.append(time.perf_counter())
 
     def on_run_end(self, state) -> None:  # noqa: ANN001
-        TIMES.append(time.perf_counter())
+        self.marks.append(time.perf_counter())
 
-
-def make_timer() -> EpochTimer:
-    return EpochTimer()
+    def epochs(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
 class ArticleNetwork(SeedCNN):
@@ -98,32 +103,33 @@ def project_epochs(
     device: torch.device,
     overrides: tuple[str, ...] = (),
 ) -> list[float]:
-    """This project's default path through train(cfg), with the default callbacks or none."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            [
-                f"data.root={root}",
-                f"batch_size={batch_size}",
-                f"epochs={epochs}",
-                f"callbacks={callbacks}",
-                f"device={device}",
-                *overrides,
-            ],
-        )
-    with open_dict(cfg):
-        cfg.callbacks["zz_timer"] = {"_target_": "__main__.make_timer"}
+    """This project's training path (build_run + fit, as `train(cfg)` runs them), with the default
+    callbacks or none, on all 60,000 images like the article (data.val_size=0)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(
+                "train",
+                [
+                    f"data.root={root}",
+                    "data.val_size=0",
+                    f"batch_size={batch_size}",
+                    f"epochs={epochs}",
+                    f"callbacks={callbacks}",
+                    f"device={device}",
+                    f"output_dir={tmp}",
+                    *overrides,
+                ],
+                return_hydra_config=True,
+            )
+        HydraConfig.instance().set_config(cfg)
         if "progress" in cfg.callbacks:
             cfg.callbacks.progress.bar = False
-    TIMES.clear()
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            train(cfg)
-        finally:
-            os.chdir(cwd)
-    return [b - a for a, b in zip(TIMES, TIMES[1:], strict=False)]
+        run = build_run(cfg, Path(tmp), flat_hparams(cfg))
+        timer = EpochTimer()
+        run.tracker = Tracker({**run.tracker.named, "timer": timer})
+        fit(run, run.tracker)
+    return timer.epochs()
 
 
 def train_step_flops(batch_size: int = 100) -> float:
@@ -359,7 +365,11 @@ def main() -> int:
         )
         checks.append(("peak memory per job < 1024 MiB", max(peaks), max(peaks) < 1024))
 
+    git, _ = provenance.git_state()
+    commit = provenance.short({"git": git})
+    bf16_auto = decide_bf16("auto", device)[1]
     print(f"\nmachine: {machine}; torch {torch.__version__}; python {platform.python_version()}")
+    print(f"commit: {commit}; {bf16_auto}")
     print(
         f"device: {device}; training step: {flops / 1e6:.2f} MFLOP per image; "
         f"FP32 peak reference {peak:.0f} GFLOP/s\n"
@@ -392,6 +402,8 @@ def main() -> int:
         print(f"  [{'ok' if ok else 'MISSED'}] {name}: {value:.2f}")
     out = {
         "machine": machine,
+        "commit": commit,
+        "bf16_auto": bf16_auto,
         "device": str(device),
         "torch": torch.__version__,
         "flops_per_image": flops,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import fmnist.config  # noqa: F401  (registers the schema and resolvers)
@@ -27,17 +28,26 @@ def data_root() -> Path:
     return DATA
 
 
-def compose_cfg(overrides: list[str] | None = None, data_root: Path = DATA) -> DictConfig:
+def compose_cfg(
+    overrides: list[str] | None = None, data_root: Path = DATA, output_dir: Path | None = None
+) -> DictConfig:
+    """The config the command line would get, Hydra's own node included, as Lightning-Hydra-
+    Template's tests do: `${hydra:...}` resolves, so `train(cfg)` runs the CLI's code path."""
     GlobalHydra.instance().clear()
+    extra = [f"output_dir={output_dir}"] if output_dir is not None else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            config_name="train", overrides=[f"data.root={data_root}", *(overrides or [])]
+        cfg = compose(
+            config_name="train",
+            overrides=[f"data.root={data_root}", *extra, *(overrides or [])],
+            return_hydra_config=True,
         )
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 @pytest.fixture
-def cfg_quick(data_root: Path) -> DictConfig:
-    """A default config cut to a few batches, for in-process runs."""
+def cfg_quick(data_root: Path, tmp_path: Path) -> DictConfig:
+    """A default config cut to a few batches, for in-process runs into `tmp_path`."""
     return compose_cfg(
         [
             "epochs=2",
@@ -46,6 +56,7 @@ def cfg_quick(data_root: Path) -> DictConfig:
             "callbacks.progress.bar=false",
         ],
         data_root,
+        output_dir=tmp_path,
     )
 
 

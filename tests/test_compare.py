@@ -28,12 +28,15 @@ def test_rows_sorting_and_varying_columns(sweep):
     assert len(table) == 4
     assert summary.varying == ["batch_size", "lr"]
     assert summary.constants["model"] == "seed_cnn" and summary.constants["epochs"] == 2
-    best = list(table["best_test_accuracy"])
-    assert best == sorted(best, reverse=True)
+    assert summary.monitor == "val_accuracy"
+    objective = list(table["val_accuracy"])
+    assert objective == sorted(objective, reverse=True)  # ranked by validation, never by test
     for row in table.itertuples():
         history = json.loads((sweep / row.run / "results.json").read_text())
-        assert row.test_accuracy == history[-1]["test_accuracy"]
-        assert row.best_test_accuracy == max(h["test_accuracy"] for h in history)
+        chosen = max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+        assert row.selected_epoch == chosen["epoch"] and row.val_accuracy == chosen["val_accuracy"]
+        assert row.test_accuracy == chosen["test_accuracy"]  # of the selected checkpoint
+        assert row.last_test_accuracy == history[-1]["test_accuracy"]
         assert row.status == "completed" and row.epochs == 2
     by_loss = summarize(sweep, sort="train_loss").table["train_loss"].tolist()
     assert by_loss == sorted(by_loss)
@@ -70,7 +73,8 @@ def test_failed_and_incomplete_runs_are_listed_not_dropped(sweep):
 def test_files_written_and_png_decodes(sweep, capsys):
     assert main([str(sweep)]) == 0
     out = capsys.readouterr().out
-    assert "best_test_accuracy" in out and "batch_size=100,epochs=2,lr=0.01" in out
+    assert "selected_epoch" in out and "batch_size=100,epochs=2,lr=0.01" in out
+    assert "best_test_accuracy" not in out and "ranked by val_accuracy" in out
     for ext in ("csv", "json", "md", "png"):
         assert (sweep / f"summary.{ext}").stat().st_size > 0
     with Image.open(sweep / "summary.png") as image:
@@ -106,7 +110,8 @@ def test_mean_and_spread_over_seeds(sweep, capsys):
         status["hparams"] |= {"lr": 0.01, "seed": i % 2}  # two seeds of each batch size
         (run / "status.json").write_text(json.dumps(status))
         bs = status["hparams"]["batch_size"]
-        final = json.loads((run / "results.json").read_text())[-1]["test_accuracy"]
+        history = json.loads((run / "results.json").read_text())
+        final = max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))["test_accuracy"]
         finals.setdefault(bs, []).append(final)
     summary = summarize(sweep)
     assert summary.varying == ["batch_size", "seed"]

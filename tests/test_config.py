@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from fmnist.config import ConfigError, validate
-from fmnist.graphs import optimizer_options, want_graphs
+from fmnist.engine.graphs import optimizer_options, want_graphs
 from tests.conftest import CONF, compose_cfg
 
 

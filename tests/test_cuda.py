@@ -16,8 +16,10 @@ from fmnist.callbacks.base import Callback, Tracker
 from fmnist.data.augment import Augment
 from fmnist.data.loaders import MemoryLoader
 from fmnist.data.tensors import load_tensors
+from fmnist.engine.build import build_run
+from fmnist.engine.loop import fit
+from fmnist.engine.step import NonFiniteLossError
 from fmnist.hparams import flat_hparams
-from fmnist.train import NonFiniteLossError, build_run, fit
 from tests.conftest import compose_cfg, run_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -62,13 +64,14 @@ def guarded_fit(overrides: list[str], data_root, tmp_path, batches: int = 30) ->
         ],
         data_root,
     )
-    state, tracker = build_run(cfg, tmp_path, flat_hparams(cfg))
-    return fit(state, Tracker([*tracker.callbacks, SyncGuard(batches)]))
+    state = build_run(cfg, tmp_path, flat_hparams(cfg))
+    state.tracker = Tracker({**state.tracker.named, "sync_guard": SyncGuard(batches)})
+    return fit(state, state.tracker)
 
 
 def test_auto_device_puts_data_and_model_on_the_gpu(data_root, tmp_path):
     cfg = compose_cfg(["device=auto"], data_root)
-    state, _ = build_run(cfg, tmp_path, flat_hparams(cfg))
+    state = build_run(cfg, tmp_path, flat_hparams(cfg))
     assert state.device.type == "cuda"
     assert state.data.train.images.is_cuda and state.data.test.images.is_cuda
     assert all(p.is_cuda for p in state.model.parameters())
@@ -103,7 +106,7 @@ def test_an_epoch_never_waits_for_the_gpu(overrides, data_root, tmp_path):
 def test_cuda_graphs_are_on_where_safe(data_root, tmp_path):
     for overrides, expected in (([], True), (["scheduler=onecycle"], False), (BEST_CUT, False)):
         cfg = compose_cfg(overrides, data_root)
-        state, _ = build_run(cfg, tmp_path, flat_hparams(cfg))
+        state = build_run(cfg, tmp_path, flat_hparams(cfg))
         assert state.graphs is expected, overrides
 
 
@@ -117,10 +120,10 @@ def train_twice(overrides: list[str], data_root, tmp_path) -> dict[bool, tuple]:
         )
         run_dir = tmp_path / str(graphs)
         run_dir.mkdir()
-        state, tracker = build_run(cfg, run_dir, flat_hparams(cfg))
+        state = build_run(cfg, run_dir, flat_hparams(cfg))
         assert state.graphs is graphs
         initial = [p.detach().clone() for p in state.model.parameters()]
-        row = fit(state, tracker)
+        row = fit(state, state.tracker)
         out[graphs] = row, initial, [p.detach().clone() for p in state.model.parameters()]
     return out
 
@@ -166,9 +169,9 @@ def test_nan_is_still_caught_on_the_gpu(data_root, tmp_path):
         ["lr=1e12", "limit_train_batches=200", "limit_test_batches=1", "callbacks=none"],
         data_root,
     )
-    state, tracker = build_run(cfg, tmp_path, flat_hparams(cfg))
+    state = build_run(cfg, tmp_path, flat_hparams(cfg))
     with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
-        fit(state, tracker)
+        fit(state, state.tracker)
 
 
 def test_gpu_run_end_to_end_and_its_checkpoint_on_the_cpu(tmp_path, data_root):

@@ -135,12 +135,25 @@ def test_shuffled_epochs_are_seeded_permutations_with_partial_last_batch(data_ro
     )  # new each epoch
 
 
-def test_validation_split_is_disjoint_and_stable():
-    train, val = split_indices(60000, 5000, split_seed=0)
+def test_validation_split_is_stratified_disjoint_seeded_and_independent_of_seed(data_root):
+    labels = load_tensors(data_root)["train_labels"]
+    train, val = split_indices(labels, 5000, split_seed=0)
     assert len(train) == 55000 and len(val) == 5000
     assert not set(train.tolist()) & set(val.tolist())
-    assert torch.equal(val, split_indices(60000, 5000, split_seed=0)[1])
-    assert not torch.equal(val, split_indices(60000, 5000, split_seed=1)[1])
+    assert sorted(set(train.tolist()) | set(val.tolist())) == list(range(60000))
+    assert torch.bincount(labels[val], minlength=10).tolist() == [500] * 10  # stratified
+    assert torch.equal(val, split_indices(labels, 5000, split_seed=0)[1])
+    assert not torch.equal(val, split_indices(labels, 5000, split_seed=1)[1])
+    # the run's `seed` never moves the split: the loaders of two seeds hold the same images
+    from omegaconf import OmegaConf
+
+    from fmnist.config import DataConfig
+    from fmnist.data import build_data
+
+    cfg = OmegaConf.structured(DataConfig(root=str(data_root)))
+    a, b = (build_data(cfg, 100, True, seed, torch.device("cpu"), False) for seed in (0, 7))
+    assert torch.equal(a.val.images, b.val.images) and torch.equal(a.train.labels, b.train.labels)
+    assert a.train.num_samples == 55000 and a.val.num_samples == 5000
 
 
 def test_prepare_command_reports_ready(data_root):

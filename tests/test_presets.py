@@ -7,16 +7,16 @@ from omegaconf import open_dict
 from fmnist.data.augment import Augment
 from fmnist.data.loaders import MemoryLoader
 from fmnist.data.tensors import load_tensors
-from fmnist.train import train
+from fmnist.engine import train
 from tests.conftest import CONF, compose_cfg
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
-def test_preset_runs_a_few_batches(preset, data_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_preset_runs_a_few_batches(preset, data_root, tmp_path):
     cfg = compose_cfg(
         [f"experiment={preset}", "epochs=1", "limit_train_batches=2", "limit_test_batches=1"],
         data_root,
+        output_dir=tmp_path,
     )
     with open_dict(cfg):
         cfg.callbacks.progress.bar = False
@@ -78,8 +78,7 @@ def test_each_augmentation_does_its_job():
 
 
 @pytest.mark.parametrize("name", ["cosine", "onecycle"])
-def test_schedules_step_per_batch_and_are_logged(name, data_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_schedules_step_per_batch_and_are_logged(name, data_root, tmp_path):
     cfg = compose_cfg(
         [
             f"scheduler={name}",
@@ -89,6 +88,7 @@ def test_schedules_step_per_batch_and_are_logged(name, data_root, tmp_path, monk
             "callbacks.progress.bar=false",
         ],
         data_root,
+        output_dir=tmp_path,
     )
     train(cfg)
     import json

@@ -1,6 +1,7 @@
 """A real TensorBoard server on 127.0.0.1 shows what users should see for a 4-job sweep."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -109,3 +110,52 @@ def test_tensorboard_shows_one_run_per_job_with_everything(tensorboard):
         assert 0 < metrics["Accuracy/test"] <= 1 and metrics["Loss/test"] > 0
         assert group["sessions"][0]["status"] == "STATUS_SUCCESS"
     assert seen == set(JOBS.values())
+
+
+def test_tensorboard_has_the_tutorials_views_for_every_run(tensorboard):
+    """PyTorch's Fashion-MNIST TensorBoard tutorial: projector, PR curves, predictions figure,
+    and a custom-scalars layout comparing the splits."""
+    projector = get(f"{tensorboard}/data/plugin/projector/runs")
+    assert sorted(projector) == sorted(JOBS)
+    for run in JOBS:
+        config = get(f"{tensorboard}/data/plugin/projector/info?run={urllib.request.quote(run)}")
+        tensors = config["embeddings"]
+        assert tensors and tensors[0]["tensorShape"][1] == 60  # seed_cnn's penultimate layer
+        assert tensors[0]["metadataPath"] and tensors[0]["sprite"]["imagePath"]
+    pr = get(f"{tensorboard}/data/plugin/pr_curves/tags")
+    images = get(f"{tensorboard}/data/plugin/images/tags")
+    from fmnist import CLASSES
+
+    for run in JOBS:
+        assert {f"PR/{name}" for name in CLASSES} <= set(pr[run])
+        assert "Predictions/val" in images[run]
+    layout = get(f"{tensorboard}/data/plugin/custom_scalars/layout")
+    charts = {c["title"]: c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
+    assert charts["Loss"] == ["Loss/train", "Loss/val", "Loss/test"]
+    assert charts["Accuracy"] == ["Accuracy/train", "Accuracy/val", "Accuracy/test"]
+    text = get(f"{tensorboard}/data/plugin/text/tags")
+    assert all("provenance" in text[run] for run in JOBS)
+
+
+def test_a_browser_sees_both_dashboards(tensorboard, tmp_path):
+    """Headless Chromium (Debian's) shows every run in the time series and in the HParams table."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium: apt-get install chromium (.ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(f"{tensorboard}/#timeseries", wait_until="networkidle")
+        for run in JOBS:
+            page.get_by_text(run, exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "timeseries.png"))
+        page.goto(f"{tensorboard}/#hparams", wait_until="networkidle")
+        page.get_by_text("Accuracy/val").first.wait_for(timeout=60_000)
+        body = page.locator("body").inner_text(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "hparams.png"), full_page=True)
+        browser.close()
+    assert "Accuracy/val" in body and "lr" in body
+    for lr in ("0.01", "0.001"):
+        assert lr in body
+    assert (tmp_path / "timeseries.png").stat().st_size > 10_000

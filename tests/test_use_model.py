@@ -10,7 +10,7 @@ from PIL import Image
 
 from fmnist.data.tensors import load_tensors
 from fmnist.predict import load_image
-from fmnist.trained import load_trained
+from fmnist.rundir import load_trained
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def confident_examples(model, n=8):
 
 
 def test_predict_matches_the_model_on_stored_inverted_and_scaled_pngs(trained_run, tmp_path):
-    _, model, _ = load_trained(trained_run)
+    model = load_trained(trained_run).model
     images, expected = confident_examples(model)
     assert len(images) == 8
     paths = []
@@ -72,7 +72,8 @@ def test_predict_matches_the_model_on_stored_inverted_and_scaled_pngs(trained_ru
             tmp_path / f"{kind}{k}.{'jpg' if kind == 'inverted' else 'png'}"
             for kind in ("stored", "inverted", "scaled")
         ]
-    assert torch.equal(load_image(tmp_path / "stored0.png").squeeze(0), images[0].float() / 255)
+    stored0 = torch.from_numpy(load_image(tmp_path / "stored0.png")).squeeze(0)
+    assert torch.equal(stored0, images[0].float() / 255)
     done = cli("predict", trained_run, *paths, "--json")
     assert done.returncode == 0, done.stderr
     answers = json.loads(done.stdout)
@@ -111,7 +112,10 @@ def test_run_errors_are_one_line(trained_run, tmp_path):
     )
     for module, extra in (("evaluate", []), ("predict", [tmp_path / "x.png"])):
         done = cli(module, no_ckpt, *extra)
-        assert done.returncode == 2 and "has no best checkpoint" in done.stderr
+        assert done.returncode == 2 and "has no best checkpoint" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
-    no_val = cli("evaluate", trained_run, "--split", "val")
+    ckpt = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["split"] = {"val_size": 0, "split_seed": 0}  # as experiment=article trains
+    torch.save(ckpt, tmp_path / "no_val.pt")
+    no_val = cli("evaluate", tmp_path / "no_val.pt", "--split", "val")
     assert no_val.returncode == 2 and "without a validation split" in no_val.stderr

@@ -1,29 +1,17 @@
-"""`checkpoints/last.pt` after every epoch (what resume needs) and `best.pt` on improvement."""
+"""`checkpoints/last.pt` after every epoch (what resume needs) and `best.pt` when selected.
+
+Each checkpoint describes itself (model config, classes, input scaling, provenance), so
+`fmnist-evaluate`, `fmnist-predict` and `fmnist-export` work on the file alone.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.checkpoint import checkpoint_path, rng_state
-from fmnist.io import save_torch
-
-
-def resume_payload(state: RunState) -> dict[str, Any]:
-    """The whole state a run needs to continue exactly where it was."""
-    return {
-        "epoch": state.epoch,
-        "step": state.step,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
-        "rng": rng_state(),
-        "history": state.history,
-        "best": state.best,
-        "extra": state.extra,
-        "duration": state.history[-1]["run_duration"] if state.history else 0.0,
-        "hparams": state.hparams,
-    }
+from fmnist.engine.state import checkpoint_payload
+from fmnist.files import save_torch
+from fmnist.rundir import checkpoint_path
 
 
 class CheckpointCallback(Callback):
@@ -31,7 +19,7 @@ class CheckpointCallback(Callback):
         self.save_last, self.save_best = save_last, save_best
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
-        payload = resume_payload(state)  # built once: it copies every state dict
+        payload = checkpoint_payload(state)  # built once: it copies every state dict
         if self.save_best and state.best.get("epoch") == state.epoch:
             save_torch(checkpoint_path(state.run_dir, "best"), payload)
         if self.save_last:

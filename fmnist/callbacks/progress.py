@@ -1,4 +1,6 @@
-"""A progress bar per epoch (only on a terminal) and the article's results table, a row an epoch."""
+"""A progress bar per epoch (only on a terminal) and the article's results table, a row an epoch.
+
+The table's columns are the metrics with a format in `fmnist.metrics.METRICS`."""
 
 from __future__ import annotations
 
@@ -10,19 +12,9 @@ import torch
 from tqdm import tqdm
 
 from fmnist.callbacks.base import Callback, RunState
+from fmnist.metrics import METRICS
 
 log = logging.getLogger("fmnist")
-
-COLUMNS = (  # name, header format, value format: the article's results table, a row an epoch
-    ("epoch", "{:>5}", "{:>5d}"),
-    ("loss", "{:>8}", "{:>8.4f}"),
-    ("accuracy", "{:>8}", "{:>8.4f}"),
-    ("test_loss", "{:>9}", "{:>9.4f}"),
-    ("test_accuracy", "{:>13}", "{:>13.4f}"),
-    ("val_accuracy", "{:>12}", "{:>12.4f}"),
-    ("epoch_duration", "{:>14}", "{:>13.1f}s"),
-    ("run_duration", "{:>12}", "{:>11.1f}s"),
-)
 
 
 class ProgressCallback(Callback):
@@ -35,11 +27,8 @@ class ProgressCallback(Callback):
 
     def on_epoch_start(self, state: RunState) -> None:
         if self.bar_enabled:
-            total = len(state.data.train)
-            if state.cfg.limit_train_batches:
-                total = min(total, state.cfg.limit_train_batches)
             self.bar = tqdm(
-                total=total,
+                total=state.batches_per_epoch,
                 desc=f"epoch {state.epoch}/{state.cfg.epochs}",
                 leave=False,
                 dynamic_ncols=True,
@@ -78,12 +67,11 @@ class ProgressCallback(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        columns = [c for c in COLUMNS if c[0] in row]
+        columns = [(m.name, m.fmt.format(row[m.name])) for m in METRICS if m.fmt and m.name in row]
         if not self._header_done:
-            log.info("%s", " ".join(header.format(name) for name, header, _ in columns))
+            log.info("%s", " ".join(name.rjust(len(name) + 1) for name, _ in columns))
             self._header_done = True
-        cells = [fmt.format(row[name]) for name, _, fmt in columns]
-        log.info("%s", " ".join(cells))
+        log.info("%s", " ".join(cell.rjust(len(name) + 1) for name, cell in columns))
 
     def on_exception(self, state: RunState, exc: BaseException) -> None:
         if self.bar is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from fmnist import CLASSES
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.io import write_json, write_text
+from fmnist.files import write_json, write_text
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:

@@ -6,48 +6,16 @@ import os
 import resource
 import socket
 import sys
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.io import read_json, write_json
-
-STATUS_FILE = "status.json"
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: the run stopped at a batch boundary after saving what it had."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by signal {signum}")
-        self.signum = signum
+from fmnist.rundir import now, write_status
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (MiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-def now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def read_status(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / STATUS_FILE
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge `fields` into the run's status.json (atomically) and return it."""
-    status = read_status(run_dir) or {}
-    status.update(fields)
-    write_json(Path(run_dir) / STATUS_FILE, status)
-    return status
 
 
 class StatusCallback(Callback):
@@ -62,6 +30,7 @@ class StatusCallback(Callback):
             epochs=state.cfg.epochs,
             error=None,
             hparams=state.hparams,
+            monitor=state.monitor,
             pid=os.getpid(),
             host=socket.gethostname(),
         )
@@ -77,6 +46,8 @@ class StatusCallback(Callback):
             ended=now(),
             test_accuracy=final.get("test_accuracy"),
             best=state.best,
+            objective=state.best.get("value"),
+            stopped_early=state.should_stop,
             peak_rss_mb=peak_rss_mb(),
         )
 

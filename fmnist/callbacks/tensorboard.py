@@ -1,4 +1,6 @@
-"""TensorBoard, in the run's own directory: scalars, images, graph, histograms, HParams, figures."""
+"""TensorBoard, in the run's own directory: what the article logs and PyTorch's own Fashion-MNIST
+tutorial shows (scalars, images, graph, histograms, HParams, confusion matrix, misclassified images,
+projector embeddings, per-class PR curves, predictions vs truth, a custom-scalars layout)."""
 
 from __future__ import annotations
 
@@ -7,29 +9,42 @@ import math
 import warnings
 from typing import Any
 
+import torch
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from fmnist import CLASSES
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.plots import confusion_image, image_grid, misclassified_image
+from fmnist.metrics import METRICS
+from fmnist.plots import confusion_image, image_grid, misclassified_image, predictions_image
+from fmnist.provenance import as_markdown
 
 log = logging.getLogger(__name__)
 
-HPARAM_METRICS = ("Accuracy/test", "Loss/test", "Accuracy/train", "Loss/train")
-SCALARS = {  # tag -> results column
-    "Loss/train": "loss",
-    "Accuracy/train": "accuracy",
-    "Loss/test": "test_loss",
-    "Accuracy/test": "test_accuracy",
-    "Number Correct/train": "num_correct",
-    "Number Correct/test": "test_num_correct",
-    "Loss/val": "val_loss",
-    "Accuracy/val": "val_accuracy",
-    "LearningRate": "lr_current",
-    "Time/epoch_seconds": "epoch_duration",
+SCALARS = {m.tag: m.name for m in METRICS if m.tag}  # tag -> results column
+HPARAM_METRICS = (
+    "Accuracy/val",
+    "Loss/val",
+    "Accuracy/test",
+    "Loss/test",
+    "Accuracy/train",
+    "Loss/train",
+)
+LAYOUT = {  # custom scalars: the three splits on one chart each
+    "Compare splits": {
+        "Loss": ["Multiline", ["Loss/train", "Loss/val", "Loss/test"]],
+        "Accuracy": ["Multiline", ["Accuracy/train", "Accuracy/val", "Accuracy/test"]],
+    }
 }
+
+
+def file_writer(writer: SummaryWriter) -> Any:
+    """The writer's own event file. `add_hparams` would open a second, timestamped run; writing the
+    HParams summaries here keeps one run per job. Private in torch (tests/test_tensorboard_unit.py
+    fails if torch renames it)."""
+    return writer._get_file_writer()
 
 
 def hparam_value(value: Any) -> int | float | str | bool:
@@ -42,11 +57,16 @@ class TensorBoardCallback(Callback):
         log_graph: bool = True,
         log_images: bool = True,
         histogram_interval: int = 1,  # epochs between weight/gradient histograms; 0 = never
-        figure_interval: int = 1,  # epochs between confusion-matrix/misclassified figures; 0 = never
+        figure_interval: int = 1,  # epochs between figures, PR curves, embeddings; 0 = end only
         hparams: bool = True,
+        embedding_samples: int = 1000,  # projector sample of validation (else test) images; 0 = off
+        pr_curves: bool = True,
+        prediction_images: int = 16,  # the predictions-vs-truth figure; 0 = off
     ):
         self.log_graph, self.log_images, self.hparams = log_graph, log_images, hparams
         self.histogram_interval, self.figure_interval = histogram_interval, figure_interval
+        self.embedding_samples, self.pr_curves = embedding_samples, pr_curves
+        self.prediction_images = prediction_images
         self.writer: SummaryWriter | None = None
 
     def on_run_start(self, state: RunState) -> None:
@@ -55,48 +75,54 @@ class TensorBoardCallback(Callback):
         self.writer = SummaryWriter(log_dir=str(state.run_dir), purge_step=purge, flush_secs=30)
         if self.hparams:
             values = {k: hparam_value(v) for k, v in state.hparams.items()}
-            metrics = HPARAM_METRICS + (
-                ("Accuracy/val", "Loss/val") if state.data.val is not None else ()
-            )
+            metrics = [m for m in HPARAM_METRICS if state.data.val is not None or "/val" not in m]
             exp, ssi, _ = hparams_summaries(values, dict.fromkeys(metrics, 0.0))
-            file_writer = self.writer._get_file_writer()  # same run dir, not a timestamped one
-            file_writer.add_summary(exp)
-            file_writer.add_summary(ssi)
+            file_writer(self.writer).add_summary(exp)
+            file_writer(self.writer).add_summary(ssi)
+        if state.provenance:
+            self.writer.add_text("provenance", as_markdown(state.provenance), state.start_epoch)
         if state.resumed:
-            return  # graph and sample images are already in this run
+            return  # graph, layout and sample images are already in this run
+        self.writer.add_custom_scalars(LAYOUT)
         images, _ = next(iter(state.data.train.epoch(0)))
         images = images[:64].float().cpu().contiguous()
         if self.log_images:
             self.writer.add_image("images", image_grid(images, nrow=8), 0)
         if self.log_graph:
-            try:
-                model = state.model
-                was_training = model.training
-                model.eval()
-                with warnings.catch_warnings():  # add_graph uses jit.trace, deprecated in 2.9+
-                    warnings.simplefilter("ignore", FutureWarning)
-                    self.writer.add_graph(model, images.to(state.device)[:8])
-                model.train(was_training)
-            except Exception as exc:  # tracing is best effort: some models don't trace
-                log.warning("could not log the network graph: %s", exc)
+            self._graph(state, images)
         self.writer.flush()
+
+    def _graph(self, state: RunState, images: torch.Tensor) -> None:
+        try:
+            model = state.model
+            was_training = model.training
+            model.eval()
+            with warnings.catch_warnings():  # add_graph uses jit.trace, deprecated in 2.9+
+                warnings.simplefilter("ignore", FutureWarning)
+                self.writer.add_graph(model, images.to(state.device)[:8])
+            model.train(was_training)
+        except Exception as exc:  # tracing is best effort: some models don't trace
+            log.warning("could not log the network graph: %s", exc)
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         w, epoch = self.writer, state.epoch
         for tag, column in SCALARS.items():
-            if (
-                column in row
-                and isinstance(row[column], int | float)
-                and math.isfinite(row[column])
-            ):
-                w.add_scalar(tag, row[column], epoch)
+            value = row.get(column)
+            if isinstance(value, int | float) and math.isfinite(value):
+                w.add_scalar(tag, value, epoch)
         if self.histogram_interval and epoch % self.histogram_interval == 0:
             for name, param in state.model.named_parameters():
                 w.add_histogram(name, param.detach().float().cpu(), epoch)
                 if param.grad is not None:
                     w.add_histogram(f"{name}.grad", param.grad.detach().float().cpu(), epoch)
-        test = state.evals.get("test")
-        if test is not None and self.figure_interval and epoch % self.figure_interval == 0:
+        last = epoch == state.cfg.epochs or state.should_stop
+        if last or (self.figure_interval and epoch % self.figure_interval == 0):
+            self._figures(state, epoch)
+        w.flush()
+
+    def _figures(self, state: RunState, epoch: int) -> None:
+        w, test = self.writer, state.evals.get("test")
+        if test is not None:
             w.add_image(
                 "ConfusionMatrix/test", confusion_image(test["confusion"]), epoch, dataformats="HWC"
             )
@@ -105,13 +131,49 @@ class TensorBoardCallback(Callback):
                     test["wrong_images"], test["wrong_preds"], test["wrong_targets"]
                 )
                 w.add_image("Misclassified/test", grid, epoch, dataformats="HWC")
-        w.flush()
+        split = "val" if state.data.val is not None else "test"
+        loader = state.data.val if split == "val" else state.data.test
+        images, labels = sample(loader, max(self.embedding_samples, self.prediction_images))
+        model = state.eval_model
+        with torch.inference_mode():
+            was_training = model.training
+            model.eval()
+            features, logits = penultimate(model, images.to(state.device))
+            model.train(was_training)
+        probs = logits.float().softmax(1).cpu()
+        if self.pr_curves and split in state.evals and "probs" in state.evals[split]:
+            ev = state.evals[split]
+            for i, name in enumerate(CLASSES):
+                w.add_pr_curve(f"PR/{name}", ev["labels"] == i, ev["probs"][:, i], epoch)
+        if self.prediction_images:
+            k = self.prediction_images
+            w.add_image(
+                f"Predictions/{split}",
+                predictions_image(images[:k], probs[:k], labels[:k]),
+                epoch,
+                dataformats="HWC",
+            )
+        if self.embedding_samples:
+            n = self.embedding_samples
+            preds = probs[:n].argmax(1)
+            meta = [
+                [CLASSES[t], CLASSES[p], str(bool(t == p))]
+                for t, p in zip(labels[:n].tolist(), preds.tolist(), strict=True)
+            ]
+            w.add_embedding(
+                features[:n].float().cpu(),
+                metadata=meta,
+                metadata_header=["true", "predicted", "correct"],
+                label_img=images[:n].float().cpu(),
+                global_step=epoch,
+                tag=f"features/{split}",
+            )
 
     def _close(self, status: str) -> None:
         if self.writer is None:
             return
         if self.hparams:
-            self.writer._get_file_writer().add_summary(session_end(status))
+            file_writer(self.writer).add_summary(session_end(status))
         self.writer.close()
         self.writer = None
 
@@ -120,6 +182,26 @@ class TensorBoardCallback(Callback):
 
     def on_exception(self, state: RunState, exc: BaseException) -> None:
         self._close("STATUS_RUNNING" if isinstance(exc, KeyboardInterrupt) else "STATUS_FAILURE")
+
+
+def sample(loader: Any, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, seeded sample of a split (the same images every epoch and every run)."""
+    batches = [(x.float().cpu().contiguous(), y.cpu()) for x, y in loader.epoch(0)]
+    images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[keep], labels[keep]
+
+
+def penultimate(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the input of the model's last linear layer, the logits): the features the classifier sees."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    seen: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return seen[-1].flatten(1), logits
 
 
 def session_end(status: str) -> Summary:

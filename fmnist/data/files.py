@@ -98,6 +98,12 @@ def check_file(path: Path, spec: IdxFile, root: str | Path, full: bool = True) -
         raise DataError(f"{path} is corrupt (checksum mismatch): " + restore_hint(root))
 
 
+def verify_raw(root: str | Path) -> None:
+    """Every raw file's size, header and SHA-256 (about 0.2 s for the 55 MB)."""
+    for spec in FILES:
+        check_file(raw_dir(root) / spec.name, spec, root)
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

@@ -25,12 +25,27 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded train/validation split of range(n): (train indices, val indices), disjoint."""
+def split_indices(
+    labels: torch.Tensor, val_size: int, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices): disjoint, sorted, stratified by class, fixed by `split_seed`.
+
+    Each class gives val_size // classes images (the remainder to the first classes), taken in
+    the order of one seeded permutation, so the split never depends on the run's `seed`.
+    """
+    n = len(labels)
     if val_size == 0:
         return torch.arange(n), torch.arange(0)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    return perm[val_size:].sort().values, perm[:val_size].sort().values
+    classes = int(labels.max()) + 1
+    picked = []
+    for c in range(classes):
+        share = val_size // classes + (1 if c < val_size % classes else 0)
+        picked.append(perm[labels[perm] == c][:share])
+    val = torch.cat(picked).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    return keep.nonzero().flatten(), val
 
 
 class MemoryLoader:
@@ -100,6 +115,9 @@ class TorchvisionLoader:
     ):
         from torchvision import datasets, transforms
 
+        from fmnist.data.files import verify_raw
+
+        verify_raw(root)  # torchvision reads the raw files itself: check every byte first
         dataset = datasets.FashionMNIST(root, train=train, transform=transforms.ToTensor())
         if indices is not None and len(indices) != len(dataset):
             dataset = torch.utils.data.Subset(dataset, indices.tolist())
@@ -149,7 +167,7 @@ def build_data(
 ) -> FashionMNISTData:
     """The three loaders a run needs (validation only when `val_size` > 0), from `data`."""
     tensors = load_tensors(cfg.root, download=cfg.download)  # checks files, builds the cache
-    train_idx, val_idx = split_indices(len(tensors["train_labels"]), cfg.val_size, cfg.split_seed)
+    train_idx, val_idx = split_indices(tensors["train_labels"], cfg.val_size, cfg.split_seed)
     article_path = Loader(cfg.loader) is Loader.torchvision
 
     def make(

@@ -47,6 +47,7 @@ def want_graphs(cfg: DictConfig, device: torch.device) -> bool:
             ("a CUDA device", device.type != "cuda"),
             ("a constant learning rate (scheduler=none)", bool(cfg.scheduler)),
             ("runtime.compile=false", cfg.runtime.compile),
+            ("no gradient clipping (grad_clip=null)", cfg.grad_clip is not None),
             (
                 f"an optimizer that supports capture ({optimizer} does not)",
                 not capturable(get_class(optimizer)),
@@ -57,6 +58,16 @@ def want_graphs(cfg: DictConfig, device: torch.device) -> bool:
     if asked and blockers:
         raise ConfigError(f"runtime.cuda_graphs=true needs {' and '.join(blockers)}")
     return asked is not False and not blockers
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer state, keeping this run's `capturable` flags: whether a
+    graph replays the step depends on this run's device, not the one the checkpoint came from."""
+    flags = [group.get("capturable") for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flag in zip(optimizer.param_groups, flags, strict=True):
+        if flag is not None:
+            group["capturable"] = flag
 
 
 class GraphedStep:

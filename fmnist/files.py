@@ -1,20 +1,32 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of either."""
+"""Atomic file writes: a crash leaves the old file or the new one, never half of either.
+
+Named `files`, not `io`, so it never shadows the standard library's module.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 
-def _atomic(path: Path, write: Any) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write through a temporary file in the same directory, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 whatever the umask says
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -26,7 +38,7 @@ def _atomic(path: Path, write: Any) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda h: h.write(text.encode()))
+    atomic_write(Path(path), lambda h: h.write(text.encode()))
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -38,4 +50,4 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    _atomic(Path(path), lambda h: torch.save(obj, h))
+    atomic_write(Path(path), lambda h: torch.save(obj, h))

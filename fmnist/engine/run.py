@@ -1,0 +1,61 @@
+"""`train(cfg)`: plan the run directory, build the run, restore it if it was cut short, fit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from fmnist import provenance, rundir
+from fmnist.config import validate
+from fmnist.engine.build import build_run, restore
+from fmnist.engine.loop import fit
+from fmnist.hparams import flat_hparams
+from fmnist.models import check_spec, model_spec
+
+log = logging.getLogger("fmnist")
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train one run into `cfg.output_dir`; returns the last epoch's results row. The objective
+    (the monitored value of the selected epoch) is in the run's status.json."""
+    validate(cfg)
+    check_spec(model_spec(cfg.model))  # only this package's models, before anything is touched
+    run_dir = Path(cfg.output_dir)
+    rundir.claim(run_dir)  # before anything is written: a second process is refused here
+    log_handler = None
+    try:
+        hparams = flat_hparams(cfg)
+        plan = rundir.plan_run(run_dir, hparams, cfg.epochs)
+        if plan.action == "complete":
+            status = plan.status
+            log.info(
+                "%s already completed %d epochs (selected epoch %s, test accuracy %s): nothing to do",
+                run_dir,
+                status["last_epoch"],
+                (status.get("best") or {}).get("epoch"),
+                status.get("test_accuracy"),
+            )
+            return {
+                "test_accuracy": status.get("test_accuracy"),
+                "objective": status.get("objective"),
+                "skipped": True,
+            }
+        log_handler = rundir.open_log(run_dir)  # from here on this run writes into run_dir
+        rundir.write_hydra_files(run_dir, cfg)
+        if plan.stale:
+            rundir.clear_outputs(run_dir)
+        run = build_run(cfg, run_dir, hparams)
+        if plan.action == "resume":
+            restore(run, plan.checkpoint)
+        record, diff = provenance.collect(
+            run.device, run.provenance["threads"], overrides or [], bf16=run.provenance["bf16"]
+        )
+        run.provenance = rundir.write_provenance(run_dir, record, diff)
+        return fit(run, run.tracker)
+    finally:
+        if log_handler is not None:
+            rundir.close_log(log_handler)
+        rundir.release(run_dir)

@@ -1,0 +1,136 @@
+"""What a run measures: one table of metric names, formats and TensorBoard tags, and `evaluate`.
+
+Every reader of a results row (the progress table, TensorBoard, compare) takes names from
+`METRICS`, so a new metric is one line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fmnist import CLASSES
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # the results column
+    fmt: str | None  # how the progress table shows it; None = not shown there
+    tag: str | None  # TensorBoard scalar tag; None = not a scalar
+
+
+METRICS = (
+    Metric("epoch", "{:d}", None),
+    Metric("loss", "{:.4f}", "Loss/train"),
+    Metric("accuracy", "{:.4f}", "Accuracy/train"),
+    Metric("num_correct", None, "Number Correct/train"),
+    Metric("val_loss", "{:.4f}", "Loss/val"),
+    Metric("val_accuracy", "{:.4f}", "Accuracy/val"),
+    Metric("test_loss", "{:.4f}", "Loss/test"),
+    Metric("test_accuracy", "{:.4f}", "Accuracy/test"),
+    Metric("test_num_correct", None, "Number Correct/test"),
+    Metric("lr_current", None, "LearningRate"),
+    Metric("epoch_duration", "{:.1f}s", "Time/epoch_seconds"),
+    Metric("run_duration", "{:.1f}s", None),
+)
+METRIC_NAMES = frozenset(m.name for m in METRICS) | {"run"}  # the rest of a row: hyperparameters
+
+# The objective: what best.pt follows, what a sweeper optimizes, what compare ranks by.
+# Only validation metrics may select; the direction follows from the name.
+OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
+
+
+def better(monitor: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if OBJECTIVES[monitor] == "max" else value < best
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Any,
+    limit: int | None = None,
+    keep_wrong: int = 32,
+    tta: bool = False,
+    keep_outputs: bool = False,
+) -> dict[str, Any]:
+    """Mean loss, accuracy, confusion matrix and a few misclassified images of one split.
+
+    `tta`: the mean of the logits of each image and its mirror image (test-time augmentation).
+    `keep_outputs`: also return every probability and label (PR curves, figures).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    confusion: torch.Tensor | None = None
+    wrong_x, wrong_p, wrong_y, probs, labels, n = [], [], [], [], [], 0
+    for i, (x, y) in enumerate(loader.epoch(0)):
+        if limit and i >= limit:
+            break
+        logits = model(x).float()
+        if tta:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+        classes = logits.shape[1]
+        if confusion is None:
+            confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        pred = logits.argmax(1)
+        confusion += torch.bincount(y * classes + pred, minlength=classes * classes)
+        n += len(y)
+        if keep_outputs:
+            probs.append(logits.softmax(1).cpu())
+            labels.append(y.cpu())
+        if sum(len(w) for w in wrong_p) < keep_wrong:
+            miss = pred != y
+            wrong_x.append(x[miss][:keep_wrong].float().cpu())
+            wrong_p.append(pred[miss][:keep_wrong].cpu())
+            wrong_y.append(y[miss][:keep_wrong].cpu())
+    model.train(was_training)
+    assert confusion is not None, "empty loader"
+    k = int(confusion.numel() ** 0.5)
+    matrix = confusion.view(k, k).cpu()
+    correct = int(matrix.trace())
+    out = {
+        "loss": loss_sum.item() / n,
+        "accuracy": correct / n,
+        "num_correct": correct,
+        "num_samples": n,
+        "confusion": matrix.tolist(),
+        "tta": tta,
+        "wrong_images": _cat(wrong_x, keep_wrong, torch.zeros(0, 1, 28, 28)),
+        "wrong_preds": _cat(wrong_p, keep_wrong, torch.zeros(0, dtype=torch.long)),
+        "wrong_targets": _cat(wrong_y, keep_wrong, torch.zeros(0, dtype=torch.long)),
+    }
+    if keep_outputs:
+        out["probs"], out["labels"] = torch.cat(probs), torch.cat(labels)
+    return out
+
+
+def _cat(parts: list[torch.Tensor], keep: int, empty: torch.Tensor) -> torch.Tensor:
+    return torch.cat(parts)[:keep] if parts else empty
+
+
+def per_class(confusion: list[list[int]], classes: tuple[str, ...] = CLASSES) -> list[dict]:
+    """Precision, recall (the accuracy on that class) and F1 from a true x predicted matrix."""
+    m = torch.tensor(confusion, dtype=torch.float64)
+    tp, predicted, actual = m.diag(), m.sum(0), m.sum(1)
+    rows = []
+    for i, name in enumerate(classes):
+        precision = (tp[i] / predicted[i]).item() if predicted[i] else 0.0
+        recall = (tp[i] / actual[i]).item() if actual[i] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(
+            {
+                "class": name,
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                "support": int(actual[i]),
+            }
+        )
+    return rows

@@ -1,0 +1,136 @@
+"""fmnist-export on a trained run: ONNX checked with onnxruntime, safetensors, model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.*"))
+
+
+def cli(module: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    done = cli("export", trained_run, "--out", out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return trained_run, out, done.stdout
+
+
+def test_onnx_agrees_with_pytorch_on_the_whole_test_set(exported):
+    run, out, stdout = exported
+    assert "on 10,000 test images" in stdout
+    import onnxruntime
+
+    from fmnist.data.tensors import load_tensors
+    from fmnist.rundir import load_trained
+
+    model = load_trained(run).model
+    x = (
+        load_tensors(os.environ.get("FMNIST_DATA", ROOT / "data"))["test_images"]
+        .unsqueeze(1)
+        .float()
+        / 255
+    )
+    session = onnxruntime.InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    theirs = np.concatenate(
+        [session.run(None, {"images": x[i : i + 2500].numpy()})[0] for i in range(0, 10000, 2500)]
+    )
+    with torch.inference_mode():
+        ours = model(x).numpy()
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.999
+    assert np.abs(ours - theirs).max() <= 1e-3
+    assert session.get_inputs()[0].shape[0] not in (1, 2500)  # a dynamic batch axis
+
+
+def test_safetensors_round_trip_into_a_fresh_model(exported):
+    run, out, _ = exported
+    from safetensors.torch import load_file
+
+    from fmnist.export import load_safetensors
+    from fmnist.rundir import load_trained
+
+    assert set(load_file(str(out / "model.safetensors"))) == set(
+        load_trained(run).model.state_dict()
+    )
+    fresh = load_safetensors(out / "model.safetensors", out / "model.json")
+    x = torch.rand(64, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(fresh(x), load_trained(run).model(x))
+    assert json.loads((out / "model.json").read_text())["model_config"]["target"].startswith(
+        "fmnist.models."
+    )
+
+
+def test_model_card_holds_what_evaluate_reports(exported):
+    run, out, _ = exported
+    card = (out / "MODEL_CARD.md").read_text()
+    for split in ("test", "val"):
+        done = cli("evaluate", run, "--split", split)
+        assert done.returncode == 0, done.stderr
+        accuracy = json.loads((run / "evaluation.json").read_text())["accuracy"]
+        assert f"{accuracy:.4f}" in card
+    for needle in (
+        "Intended use",
+        "Shirt",
+        "parameters",
+        "Provenance",
+        "confusion_matrix.png",
+        "split_seed",
+    ):
+        assert needle in card
+    assert (out / "confusion_matrix.png").stat().st_size > 10_000
+
+
+def test_predict_with_onnx_only_matches_pytorch_and_imports_no_torch(exported, tmp_path):
+    run, out, _ = exported
+    torch_answers = json.loads(cli("predict", run, *EXAMPLES, "--json").stdout)
+    # a torch that cannot be imported proves the ONNX path never needs it
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        "raise ImportError('torch is not allowed here')\n"
+    )
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    done = cli("predict", "--onnx", out / "model.onnx", *EXAMPLES, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    onnx_answers = json.loads(done.stdout)
+    assert len(onnx_answers) == len(EXAMPLES) >= 3
+    for a, b in zip(torch_answers, onnx_answers, strict=True):
+        assert a["top"][0]["class"] == b["top"][0]["class"]
+        assert abs(a["top"][0]["probability"] - b["top"][0]["probability"]) < 1e-4
+
+
+def test_bad_input_is_one_line(trained_run, tmp_path):
+    not_run = cli("export", tmp_path)
+    assert not_run.returncode == 2 and "is not a run directory" in not_run.stderr
+    no_ckpt = tmp_path / "run"
+    no_ckpt.mkdir()
+    (no_ckpt / "status.json").write_text(json.dumps({"status": "failed"}))
+    done = cli("export", no_ckpt)
+    assert done.returncode == 2 and "has no best checkpoint" in done.stderr
+    blocker = tmp_path / "a-file"  # a file where a directory must go: unwritable, even for root
+    blocker.write_text("")
+    unwritable = cli("export", trained_run, "--out", blocker / "export")
+    assert unwritable.returncode == 2 and "cannot write to" in unwritable.stderr
+    for result in (not_run, done, unwritable):
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

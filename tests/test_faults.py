@@ -1,0 +1,329 @@
+"""Faults, races and hostile files, tried on purpose with real processes and real files.
+
+Each case asserts the exit code, a one-line message naming the file or key, and the state of the
+files afterwards. What README's "When things go wrong" promises is tested here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import DATA, ROOT, run_train
+from tests.test_resume import start, wait_for_epoch
+
+pytestmark = pytest.mark.slow
+QUICK = ["limit_test_batches=2", "callbacks.progress.bar=false"]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file's SHA-256 (the lock file aside: it holds no run data)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".owner.lock"
+    }
+
+
+def one_line_error(done: subprocess.CompletedProcess, needle: str, code: int = 2) -> None:
+    err = done.stderr.strip()
+    assert done.returncode == code, (done.returncode, done.stdout[-2000:], err[-2000:])
+    assert needle in err and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
+
+
+def cli(module: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("finished")
+    run_dir = cwd / "run"
+    run_train(["epochs=1", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"], cwd=cwd)
+    return run_dir
+
+
+def test_refusing_a_different_run_writes_nothing(finished, tmp_path):
+    before = snapshot(finished)
+    assert ".hydra/config.yaml" in before and "train.log" in before
+    done = run_train(
+        ["lr=0.5", "epochs=1", "limit_train_batches=3", *QUICK, f"hydra.run.dir={finished}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    one_line_error(done, "already holds a different run (lr: 0.01 -> 0.5)")
+    assert snapshot(finished) == before  # .hydra/ and train.log included: byte for byte
+
+
+def test_a_second_process_is_refused_at_once_with_the_owners_pid(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["epochs=20", "limit_train_batches=200", *QUICK, f"hydra.run.dir={run_dir}"]
+    owner = start(args, cwd=tmp_path)
+    try:
+        wait_for_epoch(run_dir, 1, owner)
+        before = {k: v for k, v in snapshot(run_dir).items() if k == ".hydra/config.yaml"}
+        started = time.time()
+        done = run_train(args, cwd=tmp_path, check=False)
+        one_line_error(done, f"is in use by process {owner.pid}")
+        assert time.time() - started < 60
+        assert {k: v for k, v in snapshot(run_dir).items() if k == ".hydra/config.yaml"} == before
+    finally:
+        owner.kill()
+        owner.wait()
+    # the owner died: its claim is free, and a rerun resumes
+    done = run_train(
+        [*args[:0], "epochs=2", "limit_train_batches=200", *QUICK, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stdout + done.stderr
+
+
+def test_two_runs_started_at_once_into_one_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    procs = [
+        start(
+            [
+                f"seed={s}",
+                "epochs=2",
+                "limit_train_batches=100",
+                *QUICK,
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+        )
+        for s in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    loser = outs[[p.returncode for p in procs].index(2)]
+    assert "is in use by process" in loser or "already holds a different run" in loser
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    winner_seed = json.loads((run_dir / "status.json").read_text())["hparams"]["seed"]
+    assert all(r["seed"] == winner_seed for r in json.loads((run_dir / "results.json").read_text()))
+
+
+def test_a_sweep_over_a_key_left_out_of_directory_names_is_refused_before_any_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_train(
+        ["-m", "runtime.threads=1,2", "epochs=1", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    one_line_error(done, "cannot sweep runtime.threads")
+    assert not sweep.exists()
+
+
+def test_a_config_naming_foreign_code_is_refused(finished, tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile"
+    shutil.copytree(finished, hostile)
+    ckpt = torch.load(hostile / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["model_config"] = {"target": "os.system", "kwargs": {"command": f"touch {marker}"}}
+    torch.save(ckpt, hostile / "checkpoints" / "best.pt")
+    for module, extra in (
+        ("evaluate", []),
+        ("predict", [ROOT / "docs/examples/bag.png"]),
+        ("export", []),
+    ):
+        one_line_error(cli(module, hostile, *extra), "is not one of this package's models")
+    overrides = hostile / ".hydra" / "overrides.yaml"
+    overrides.write_text(f"- model._target_=os.system\n- +model.command=touch {marker}\n")
+    done = run_train([f"resume={hostile}"], cwd=tmp_path, check=False)
+    one_line_error(done, "is not one of this package's models")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "pickle"])
+def test_a_damaged_last_checkpoint_falls_back_and_the_run_goes_on(tmp_path, damage):
+    run_dir = tmp_path / "run"
+    args = ["epochs=3", "limit_train_batches=60", *QUICK, f"hydra.run.dir={run_dir}"]
+    run_train([*args[:0], "epochs=2", *args[1:]], cwd=tmp_path)
+    status = json.loads((run_dir / "status.json").read_text()) | {"status": "interrupted"}
+    (run_dir / "status.json").write_text(json.dumps(status))
+    last = run_dir / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(
+        {
+            "truncated": data[: len(data) // 2],
+            "garbage": os.urandom(5000),
+            "empty": b"",
+            "pickle": b"\x80\x04cos\nsystem\n.",
+        }[damage]
+    )
+    done = run_train(args, cwd=tmp_path, check=False)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert f"{last} is damaged or not a checkpoint" in out and "Traceback" not in out
+    assert "weights_only=False" not in out  # torch's unsafe hint is not passed on
+    rows = json.loads((run_dir / "results.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_a_run_that_failed_before_training_is_rerun_after_the_fix(tmp_path):
+    run_dir = tmp_path / "run"
+    bad_root = tmp_path / "no-data"
+    args = ["epochs=1", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"]
+    no_source = {"FMNIST_DEBIAN_DIR": str(tmp_path / "no-debian-package")}  # nowhere to get it
+    failed = run_train(
+        [*args, f"data.root={bad_root}", "data.download=false"],
+        cwd=tmp_path,
+        check=False,
+        env=no_source,
+    )
+    assert failed.returncode == 2 and "Fashion-MNIST not found" in failed.stderr
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "status.json").write_text(
+        json.dumps({"status": "failed", "error": {"type": "DataError"}})
+    )
+    fixed = run_train(args, cwd=tmp_path)  # the same directory, the data now found
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed", fixed.stderr
+    sweep = tmp_path / "sweep"
+    sargs = [
+        "-m",
+        "lr=0.01,0.001",
+        "epochs=1",
+        "limit_train_batches=2",
+        "data.download=false",
+        *QUICK,
+        f"hydra.sweep.dir={sweep}",
+    ]
+    broken = run_train(
+        sargs, cwd=tmp_path, check=False, env={**no_source, "FMNIST_DATA": str(bad_root)}
+    )
+    assert broken.returncode != 0 and "2 of 2 jobs did not complete" in broken.stderr
+    run_train(sargs, cwd=tmp_path)  # the data is back: the same two jobs train
+    statuses = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
+    assert statuses == ["completed"] * 2
+
+
+def test_data_damaged_in_place_is_caught_and_a_bad_cache_rebuilt(tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(DATA / "FashionMNIST" / "raw", root / "FashionMNIST" / "raw")
+    raw = root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    stat = raw.stat()
+    with raw.open("r+b") as handle:  # flip bytes in place, keep size and mtime
+        handle.seek(1_000_000)
+        handle.write(bytes(b ^ 0xFF for b in handle.read(16)))
+    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    one_line_error(
+        cli("data.prepare", "--root", root, "--no-download"), f"{raw} is corrupt", code=1
+    )
+    done = run_train(
+        [
+            "experiment=article",
+            "epochs=1",
+            "limit_train_batches=2",
+            f"data.root={root}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        check=False,
+    )
+    one_line_error(done, f"{raw} is corrupt")
+    shutil.copy(DATA / "FashionMNIST" / "raw" / raw.name, raw)  # restored
+    cache = root / "FashionMNIST" / "fmnist-uint8.pt"
+    cache.write_bytes(os.urandom(4096))
+    from fmnist.data.tensors import load_tensors
+
+    tensors = load_tensors(root)
+    assert tensors["train_images"].shape == (60000, 28, 28) and cache.stat().st_size > 50_000_000
+    blob = torch.load(cache, weights_only=True)
+    blob["train_images"][0, 0, 0] ^= 1  # a cache whose content no longer matches its checksum
+    torch.save(blob, cache)
+    assert torch.equal(load_tensors(root)["train_images"], tensors["train_images"])
+
+
+def test_images_of_any_mode_and_a_decompression_bomb(finished, tmp_path):
+    from fmnist.data.tensors import load_tensors
+
+    image = load_tensors(DATA)["test_images"][0].numpy()
+    (tmp_path / "eight.png").write_bytes(b"")
+    Image.fromarray(image).save(tmp_path / "eight.png")
+    Image.fromarray(image.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # 16-bit gray
+    Image.fromarray(image).convert("P").save(tmp_path / "palette.png")
+    Image.new("L", (12000, 12000)).save(tmp_path / "bomb.png")  # 144 megapixels, compresses tiny
+    images = [tmp_path / n for n in ("eight.png", "sixteen.png", "palette.png", "bomb.png")]
+    done = cli("predict", finished, *images, "--json")
+    assert done.returncode == 1  # one image refused, the others answered
+    answers = {Path(a["image"]).name: a for a in json.loads(done.stdout)}
+    top = answers["eight.png"]["top"]
+    for name in ("sixteen.png", "palette.png"):
+        assert answers[name]["top"][0]["class"] == top[0]["class"]
+        assert abs(answers[name]["top"][0]["probability"] - top[0]["probability"]) < 0.01
+    assert "too large" in answers["bomb.png"]["error"] and "Traceback" not in done.stderr
+    from fmnist.predict import load_image
+
+    assert np.array_equal(load_image(tmp_path / "eight.png"), load_image(tmp_path / "sixteen.png"))
+
+
+def test_compare_lists_unreadable_runs_and_compares_the_rest(finished, tmp_path):
+    root = tmp_path / "runs"
+    for name in ("good", "bad_results", "bad_status"):
+        shutil.copytree(finished, root / name)
+    (root / "bad_results" / "results.json").write_text(json.dumps({"epoch": "x"}))
+    (root / "bad_status" / "status.json").write_text("[1, 2")
+    done = cli("compare", root)
+    assert done.returncode == 0, done.stderr
+    assert "unreadable" in done.stdout and "good" in done.stdout
+    one_line_error(cli("compare", root, "--top", "0"), "--top 0")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["runtime.threads=1000"], "runtime.threads=1000 is invalid"),
+        (["device=mps"], "device=mps is invalid"),
+        (["monitor=test_accuracy"], "monitor=test_accuracy is invalid"),
+        (["runtime.bf16=maybe"], "runtime.bf16=maybe is invalid"),
+    ],
+)
+def test_absurd_values_are_one_line(tmp_path, args, needle):
+    done = run_train(
+        [*args, "epochs=1", "limit_train_batches=1", f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    one_line_error(done, needle)
+
+
+def test_a_yaml_syntax_error_is_one_line(tmp_path):
+    extra = tmp_path / "conf" / "experiment"
+    extra.mkdir(parents=True)
+    (extra / "broken.yaml").write_text("# @package _global_\nlr: [0.1\nepochs: 2\n")
+    done = run_train(
+        ["--config-dir", str(tmp_path / "conf"), "experiment=broken"], cwd=tmp_path, check=False
+    )
+    one_line_error(done, "broken.yaml line 3, column 7: YAML syntax error")
+
+
+def test_files_follow_the_umask(finished):
+    for name in (
+        "status.json",
+        "results.json",
+        "checkpoints/last.pt",
+        "provenance.json",
+        ".hydra/config.yaml",
+    ):
+        mode = (finished / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~0o022, (name, oct(mode))  # pytest runs under the default umask 022
