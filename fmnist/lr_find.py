@@ -55,7 +55,9 @@ def range_test(
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    lrs, losses, smooth, best = [], [], 0.0, math.inf
+    lrs: list[float] = []
+    losses: list[float] = []
+    smooth, best = 0.0, math.inf
     batches = (batch for epoch in range(1, 10_000) for batch in data.train.epoch(epoch))
     model.train()
     for i, (x, y) in zip(range(steps), batches, strict=False):
@@ -67,8 +69,8 @@ def range_test(
         loss.backward()
         optimizer.step()
         value = loss.item()
-        smooth = value if i == 0 else 0.9 * smooth + 0.1 * value  # exponential moving average
-        debiased = smooth / (1 - 0.9 ** (i + 1)) if i else smooth
+        smooth = 0.9 * smooth + 0.1 * value  # exponential moving average, from 0...
+        debiased = smooth / (1 - 0.9 ** (i + 1))  # ...so divided by what the zero start took
         lrs.append(lr)
         losses.append(debiased)
         best = min(best, debiased)
