@@ -157,7 +157,13 @@ def test_a_config_naming_foreign_code_is_refused(finished, tmp_path):
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "pickle"])
 def test_a_damaged_last_checkpoint_falls_back_and_the_run_goes_on(tmp_path, damage):
     run_dir = tmp_path / "run"
-    args = ["epochs=3", "limit_train_batches=20", "callbacks.tensorboard=null", *QUICK, f"hydra.run.dir={run_dir}"]
+    args = [
+        "epochs=3",
+        "limit_train_batches=20",
+        "callbacks.tensorboard=null",
+        *QUICK,
+        f"hydra.run.dir={run_dir}",
+    ]
     run_train([*args[:0], "epochs=2", *args[1:]], cwd=tmp_path)
     status = json.loads((run_dir / "status.json").read_text()) | {"status": "interrupted"}
     (run_dir / "status.json").write_text(json.dumps(status))

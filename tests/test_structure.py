@@ -17,7 +17,9 @@ ARGS = ["epochs=1", "limit_train_batches=3", "limit_test_batches=2", "callbacks.
 
 def files_of(run_dir):
     return sorted(
-        str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and "tfevents" not in p.name
+        str(p.relative_to(run_dir))
+        for p in run_dir.rglob("*")
+        if p.is_file() and "tfevents" not in p.name
     )
 
 
@@ -36,12 +38,19 @@ def test_train_from_python_writes_what_the_cli_writes(data_root, tmp_path):
 
 def test_every_key_left_out_of_job_names_cannot_be_swept():
     """Hydra's exclude_keys (conf/hydra/default.yaml) is the one list; the sweep check reads it."""
-    excluded = list(OmegaConf.load(CONF / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys)
+    excluded = list(
+        OmegaConf.load(CONF / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys
+    )
     assert {"device", "runtime.threads", "data.root", "limit_train_batches"} <= set(excluded)
     for key in excluded:
         cfg = OmegaConf.create(
-            {"hydra": {"overrides": {"task": [f"{key}=a,b", "lr=0.1,0.2"]}, "sweeper": {},
-                       "job": {"config": {"override_dirname": {"exclude_keys": excluded}}}}}
+            {
+                "hydra": {
+                    "overrides": {"task": [f"{key}=a,b", "lr=0.1,0.2"]},
+                    "sweeper": {},
+                    "job": {"config": {"override_dirname": {"exclude_keys": excluded}}},
+                }
+            }
         )
         assert shared_directory_keys(cfg) == [key]  # lr is in the job names: it may be swept
 
@@ -51,7 +60,10 @@ def test_the_objective_is_named_once():
     optuna = compose_cfg(["hparams_search=optuna"])
     assert cfg.monitor == "val_accuracy"
     assert optuna.hydra.sweeper.direction == "maximize"
-    assert compose_cfg(["hparams_search=optuna", "monitor=val_loss"]).hydra.sweeper.direction == "minimize"
+    assert (
+        compose_cfg(["hparams_search=optuna", "monitor=val_loss"]).hydra.sweeper.direction
+        == "minimize"
+    )
 
 
 def test_tensorboard_private_file_writer_is_pinned(tmp_path):

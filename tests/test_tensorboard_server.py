@@ -147,7 +147,7 @@ def test_a_browser_sees_both_dashboards(tensorboard, sweep4, tmp_path):
     expected = []  # (lr, last validation accuracy) as TensorBoard prints them: 5 significant digits
     for run, (_, lr) in JOBS.items():
         last = json.loads((sweep4 / run / "results.json").read_text())[-1]
-        expected.append(("%#.5g" % lr, "%#.5g" % last["val_accuracy"]))
+        expected.append((format(lr, "#.5g"), format(last["val_accuracy"], "#.5g")))
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
@@ -157,7 +157,9 @@ def test_a_browser_sees_both_dashboards(tensorboard, sweep4, tmp_path):
         page.screenshot(path=str(tmp_path / "timeseries.png"))
         page.goto(f"{tensorboard}/#hparams", wait_until="networkidle")
         page.get_by_text("Trial ID").first.wait_for(timeout=60_000)
-        page.get_by_role("checkbox", name="lr", exact=True).first.check()  # lr is not shown at first
+        page.get_by_role(
+            "checkbox", name="lr", exact=True
+        ).first.check()  # lr is not shown at first
         for lr, val in expected:
             page.get_by_text(lr, exact=True).first.wait_for(timeout=30_000)
             assert page.get_by_text(val, exact=True).count() >= 1, val

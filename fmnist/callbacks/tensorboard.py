@@ -137,7 +137,9 @@ class TensorBoardCallback(Callback):
         split = "val" if state.data.val is not None else "test"
         loader = state.data.val if split == "val" else state.data.test
         embed = embed and self.embedding_samples > 0
-        images, labels = sample(loader, max(self.embedding_samples if embed else 0, self.prediction_images))
+        images, labels = sample(
+            loader, max(self.embedding_samples if embed else 0, self.prediction_images)
+        )
         model = state.eval_model
         with torch.inference_mode():
             was_training = model.training
