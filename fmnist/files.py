@@ -32,9 +32,22 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)  # atomic on POSIX within one directory
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        cause = os_error(exc)
+        if cause is not None and cause is not exc:  # torch.save wraps a full disk in RuntimeError
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
+
+
+def os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind `exc` (itself, its cause or its context), if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def write_text(path: str | Path, text: str) -> None:

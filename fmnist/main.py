@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -42,13 +43,26 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:
         train(cfg, overrides=list(hydra_cfg.overrides.task))
-    except EXPECTED as exc:
+    except (*EXPECTED, OSError) as exc:
         if hydra_cfg.mode != RunMode.RUN:
             raise  # a sweep records the failure and goes on with the other jobs
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1 if isinstance(exc, NonFiniteLossError) else 2)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, EXPECTED) and not isinstance(exc, NonFiniteLossError) else 1)
     status = read_status(cfg.output_dir) or {}
     return status.get("objective")  # the same value when a rerun skips a completed job
+
+
+def one_line(exc: BaseException) -> str:
+    """An OSError (disk full, read-only, vanished file) as its reason and path, else the message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    """A background thread (TensorBoard's event writer) failing: one line, not a traceback."""
+    print(f"warning: background thread {args.thread.name if args.thread else ''} stopped: "
+          f"{one_line(args.exc_value)}", file=sys.stderr)
 
 
 def main() -> None:
@@ -56,6 +70,7 @@ def main() -> None:
     sys.argv = [sys.argv[0], *resume_overrides(sys.argv[1:])]
     check_yaml([Path(CONF_DIR), *extra_config_dirs(sys.argv[1:])])
     signal.signal(signal.SIGTERM, _terminate)  # the run's own handler replaces this during training
+    threading.excepthook = _thread_failed
     try:
         hydra_main()
     except KeyboardInterrupt as exc:

@@ -6,6 +6,7 @@ files afterwards. What README's "When things go wrong" promises is tested here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -333,3 +334,65 @@ def test_files_follow_the_umask(finished):
     ):
         mode = (finished / name).stat().st_mode & 0o777
         assert mode == 0o666 & ~0o022, (name, oct(mode))  # pytest runs under the default umask 022
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 600 KB tmpfs: room for a run's small files, not for its first checkpoint (root only)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_full_disk_is_one_line_and_the_directory_stays_consistent(tiny_disk, tmp_path):
+    run_dir = tiny_disk / "run"
+    done = run_train(["epochs=2", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path, check=False)
+    one_line_error(done, "No space left on device", code=1)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "No space left" in status["error"]["message"]
+    for name in ("results.json", "status.json"):
+        if (run_dir / name).exists():
+            json.loads((run_dir / name).read_text())  # atomic writes: whole files or none
+    assert not list(run_dir.rglob("*.tmp"))  # no half-written temporary left behind
+    filler = tiny_disk / "filler"  # now a disk that is full before the run starts
+    with filler.open("wb") as handle, contextlib.suppress(OSError):
+        handle.write(b"\0" * 2_000_000)
+    again = run_train(["epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={tiny_disk / 'run2'}"],
+                      cwd=tmp_path, check=False)
+    one_line_error(again, "No space left on device", code=1)
+
+
+def test_sigterm_to_a_joblib_sweeps_parent_stops_every_worker_and_resumes(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "lr=0.01,0.001", "epochs=3", "limit_train_batches=150",
+            *QUICK, f"hydra.sweep.dir={sweep}"]
+    proc = start(args, cwd=tmp_path)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # both jobs past their first epoch
+        done = [json.loads(p.read_text()).get("last_epoch", 0) for p in sweep.rglob("status.json")]
+        if len(done) == 2 and min(done) >= 1:
+            break
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    from fmnist.main import descendants
+    from fmnist.rundir import pid_alive
+
+    workers = descendants(proc.pid)
+    assert workers, "joblib started no worker processes"
+    proc.terminate()  # SIGTERM to the parent only
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    time.sleep(2)
+    assert [pid for pid in workers if pid_alive(pid)] == []  # no orphaned workers left training
+    states = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
+    assert set(states) <= {"interrupted", "completed"} and "interrupted" in states, states
+    assert "=== sweep summary" in out and "did not complete" in out
+    run_train(args, cwd=tmp_path)  # the rerun resumes and completes both
+    states = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
+    assert states == ["completed"] * 2

@@ -73,8 +73,8 @@ class Tracker(Callback):
         for cb in self.callbacks:
             try:
                 cb.on_exception(state, exc)
-            except Exception:
-                log.exception("callback %s failed while handling %r", type(cb).__name__, exc)
+            except Exception as also:  # e.g. the disk that failed the run fails this write too
+                log.warning("callback %s could not record the failure: %s", type(cb).__name__, also)
 
     def state_dict(self) -> dict[str, Any]:
         return {name: s for name, cb in self.named.items() if (s := cb.state_dict())}
