@@ -61,8 +61,11 @@ def one_line(exc: BaseException) -> str:
 
 def _thread_failed(args: threading.ExceptHookArgs) -> None:
     """A background thread (TensorBoard's event writer) failing: one line, not a traceback."""
-    print(f"warning: background thread {args.thread.name if args.thread else ''} stopped: "
-          f"{one_line(args.exc_value)}", file=sys.stderr)
+    print(
+        f"warning: background thread {args.thread.name if args.thread else ''} stopped: "
+        f"{one_line(args.exc_value)}",
+        file=sys.stderr,
+    )
 
 
 def main() -> None:

@@ -89,29 +89,39 @@ def confusion_image(
     return np.asarray(image)
 
 
+def _sheet(images: torch.Tensor, columns: int, margin: int, title: str, caption):  # noqa: ANN001, ANN202
+    """A white sheet of 3x-enlarged 28x28 tiles with a title; `caption(draw, k, x, y)` writes
+    under tile k (whose top-left corner is x, y). Returns an HWC uint8 array."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    scale, below = 3, 30
+    tile_w, tile_h = 28 * scale + 2 * margin, 28 * scale + below
+    rows = max(1, -(-len(images) // columns))
+    sheet = Image.new("RGB", (columns * tile_w, rows * tile_h + 22), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 4), title, fill="black", font=_font(12))
+    for k in range(len(images)):
+        pixels = (images[k].reshape(28, 28).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+        tile = Image.fromarray(pixels).resize((28 * scale, 28 * scale), Image.Resampling.NEAREST)
+        x, y = (k % columns) * tile_w + margin, (k // columns) * tile_h + 22
+        sheet.paste(tile.convert("RGB"), (x, y))
+        caption(draw, k, x, y + 28 * scale)
+    return np.asarray(sheet)
+
+
 def misclassified_image(
     images: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor, columns: int = 8
 ):  # noqa: ANN201
     """Up to 32 wrong predictions as an HWC uint8 array, each captioned 'predicted / true'."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    n = min(len(images), 32)
-    scale, caption = 3, 28
-    tile_w, tile_h = 28 * scale + 8, 28 * scale + caption
-    rows = max(1, -(-n // columns))
-    sheet = Image.new("RGB", (columns * tile_w, rows * tile_h + 22), "white")
-    draw = ImageDraw.Draw(sheet)
     font = _font(10)
-    draw.text((4, 4), "Misclassified test images: predicted / true", fill="black", font=_font(12))
-    for k in range(n):
-        pixels = (images[k].reshape(28, 28).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
-        tile = Image.fromarray(pixels).resize((28 * scale, 28 * scale), Image.Resampling.NEAREST)
-        x, y = (k % columns) * tile_w + 4, (k // columns) * tile_h + 22
-        sheet.paste(tile.convert("RGB"), (x, y))
-        draw.text((x, y + 28 * scale + 1), CLASSES[int(preds[k])], fill="firebrick", font=font)
-        draw.text((x, y + 28 * scale + 13), CLASSES[int(targets[k])], fill="darkgreen", font=font)
-    return np.asarray(sheet)
+
+    def caption(draw, k: int, x: int, y: int) -> None:  # noqa: ANN001
+        draw.text((x, y + 1), CLASSES[int(preds[k])], fill="firebrick", font=font)
+        draw.text((x, y + 13), CLASSES[int(targets[k])], fill="darkgreen", font=font)
+
+    title = "Misclassified test images: predicted / true"
+    return _sheet(images[:32], columns, 4, title, caption)
 
 
 def predictions_image(
@@ -119,37 +129,17 @@ def predictions_image(
 ):  # noqa: ANN201
     """The tutorial's `plot_classes_preds`: each image titled with the predicted class, its
     probability and the true class, green when right and red when wrong (HWC uint8)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    n = len(images)
-    scale, caption = 3, 30
-    tile_w, tile_h = 28 * scale + 40, 28 * scale + caption
-    rows = max(1, -(-n // columns))
-    sheet = Image.new("RGB", (columns * tile_w, rows * tile_h + 22), "white")
-    draw = ImageDraw.Draw(sheet)
     font = _font(10)
-    draw.text((4, 4), "Predicted (probability) / true class", fill="black", font=_font(12))
     confidence, preds = probs.max(1)
-    for k in range(n):
-        pixels = (images[k].reshape(28, 28).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
-        tile = Image.fromarray(pixels).resize((28 * scale, 28 * scale), Image.Resampling.NEAREST)
-        x, y = (k % columns) * tile_w + 20, (k // columns) * tile_h + 22
-        sheet.paste(tile.convert("RGB"), (x, y))
-        right = int(preds[k]) == int(targets[k])
-        color = "green" if right else "red"
-        draw.rectangle(
-            (x - 2, y - 2, x + 28 * scale + 1, y + 28 * scale + 1), outline=color, width=2
-        )
-        text = f"{CLASSES[int(preds[k])]} {float(confidence[k]):.0%}"
-        draw.text((x - 16, y + 28 * scale + 2), text, fill=color, font=font)
-        draw.text(
-            (x - 16, y + 28 * scale + 14),
-            f"(true: {CLASSES[int(targets[k])]})",
-            fill=color,
-            font=font,
-        )
-    return np.asarray(sheet)
+
+    def caption(draw, k: int, x: int, y: int) -> None:  # noqa: ANN001
+        color = "green" if int(preds[k]) == int(targets[k]) else "red"
+        draw.rectangle((x - 2, y - 28 * 3 - 2, x + 28 * 3 + 1, y + 1), outline=color, width=2)
+        label = f"{CLASSES[int(preds[k])]} {float(confidence[k]):.0%}"
+        draw.text((x - 16, y + 2), label, fill=color, font=font)
+        draw.text((x - 16, y + 14), f"(true: {CLASSES[int(targets[k])]})", fill=color, font=font)
+
+    return _sheet(images, columns, 20, "Predicted (probability) / true class", caption)
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:

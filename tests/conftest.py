@@ -84,6 +84,20 @@ def run_train(
     return done
 
 
+def run_module(
+    module: str, *args: object, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m fmnist.MODULE ARGS` (evaluate, predict, export, compare...) in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
 @pytest.fixture(scope="session")
 def sweep4(tmp_path_factory, data_root) -> Path:
     """A real 4-job sweep, as typed in the README, cut to a few batches per epoch."""

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import ROOT
+from tests.conftest import run_module as cli
 
 pytestmark = pytest.mark.slow
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.*"))
-
-
-def cli(module: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")

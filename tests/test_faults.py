@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import DATA, ROOT, run_train
+from tests.conftest import run_module as cli
 from tests.test_resume import start, wait_for_epoch
 
 pytestmark = pytest.mark.slow
@@ -42,16 +42,6 @@ def one_line_error(done: subprocess.CompletedProcess, needle: str, code: int = 2
     assert done.returncode == code, (done.returncode, done.stdout[-2000:], err[-2000:])
     assert needle in err and "Traceback" not in err, err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
-
-
-def cli(module: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +333,10 @@ def tiny_disk(tmp_path):
         pytest.skip("needs root to mount a small tmpfs")
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)]).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)]).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here")
     yield disk
     subprocess.run(["umount", "-l", str(disk)])
@@ -351,8 +344,11 @@ def tiny_disk(tmp_path):
 
 def test_a_full_disk_is_one_line_and_the_directory_stays_consistent(tiny_disk, tmp_path):
     run_dir = tiny_disk / "run"
-    done = run_train(["epochs=2", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"],
-                     cwd=tmp_path, check=False)
+    done = run_train(
+        ["epochs=2", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        check=False,
+    )
     one_line_error(done, "No space left on device", code=1)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "No space left" in status["error"]["message"]
@@ -363,15 +359,25 @@ def test_a_full_disk_is_one_line_and_the_directory_stays_consistent(tiny_disk, t
     filler = tiny_disk / "filler"  # now a disk that is full before the run starts
     with filler.open("wb") as handle, contextlib.suppress(OSError):
         handle.write(b"\0" * 2_000_000)
-    again = run_train(["epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={tiny_disk / 'run2'}"],
-                      cwd=tmp_path, check=False)
+    again = run_train(
+        ["epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={tiny_disk / 'run2'}"],
+        cwd=tmp_path,
+        check=False,
+    )
     one_line_error(again, "No space left on device", code=1)
 
 
 def test_sigterm_to_a_joblib_sweeps_parent_stops_every_worker_and_resumes(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "hydra/launcher=joblib", "lr=0.01,0.001", "epochs=3", "limit_train_batches=150",
-            *QUICK, f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "hydra/launcher=joblib",
+        "lr=0.01,0.001",
+        "epochs=3",
+        "limit_train_batches=150",
+        *QUICK,
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = start(args, cwd=tmp_path)
     deadline = time.time() + 180
     while time.time() < deadline:  # both jobs past their first epoch

@@ -38,8 +38,20 @@ def test_presets_say_what_they_claim():
         5,
     )
     assert article.model._target_.endswith("SeedCNN") and article.data.loader.value == "torchvision"
+    assert article.data.val_size == 0  # the article's setup: all 60,000 images, no selection
     best = compose_cfg(["experiment=best"])
     assert best.data.val_size == 5000 and best.data.augment.crop_padding == 2
+    assert (
+        best.data.augment.hflip and best.data.augment.erasing == 0.1 and best.runtime.bf16 == "auto"
+    )
+    assert (best.lr, best.batch_size, best.epochs, best.label_smoothing) == (0.1, 128, 40, 0.05)
+    assert best.choices.model == "bn_cnn" and best.model.width == 32 and best.model.dropout == 0.1
+    assert best.choices.optimizer == "sgd" and best.choices.scheduler == "onecycle"
+    fast = compose_cfg(["experiment=fast"])
+    assert fast.model.width == 16 and fast.epochs == 8 and fast.choices.optimizer == "adamw"
+    assert not (
+        fast.data.augment.crop_padding or fast.data.augment.hflip or fast.data.augment.erasing
+    )
 
 
 def test_augmentation_keeps_shapes_range_and_labels(data_root):

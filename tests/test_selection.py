@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from fmnist.compare import summarize
 from fmnist.engine import train
 from fmnist.runtime import decide_bf16
 from tests.conftest import ROOT, compose_cfg, run_train
+from tests.conftest import run_module as cli
 
 
 def fake_run(run_dir, vals, tests, monitor="val_accuracy"):
@@ -155,14 +155,6 @@ def test_checkpoint_alone_evaluates_and_predicts_like_the_run(trained_run, tmp_p
     alone = tmp_path / "elsewhere"
     alone.mkdir()
     shutil.copy(trained_run / "checkpoints" / "best.pt", alone / "best.pt")
-
-    def cli(module, *args):
-        return subprocess.run(
-            [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
 
     on_run = cli("evaluate", trained_run)
     on_file = cli("evaluate", alone / "best.pt")

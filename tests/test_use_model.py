@@ -1,8 +1,6 @@
 """evaluate and predict on a short real run."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,17 +10,9 @@ from fmnist.data.tensors import load_tensors
 from fmnist.predict import load_image
 from fmnist.rundir import load_trained
 from tests.conftest import DATA
+from tests.conftest import run_module as cli
 
 pytestmark = pytest.mark.slow
-
-
-def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize("which", ["best", "last"])
