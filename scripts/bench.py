@@ -188,6 +188,7 @@ def sweep_grid(root: str, epochs: int, device: torch.device) -> tuple[float, lis
                 "batch_size=100,1000",
                 f"epochs={epochs}",
                 f"device={device}",
+                "data.val_size=0",  # all 60,000 images, like the article
                 f"hydra.sweep.dir={tmp}/sweep",
             ],
             cwd=tmp,
