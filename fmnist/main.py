@@ -72,6 +72,7 @@ def main() -> None:
     """Console entry: resume=DIR re-applies DIR's overrides; Ctrl-C and SIGTERM exit 130/143."""
     sys.argv = [sys.argv[0], *resume_overrides(sys.argv[1:])]
     check_yaml([Path(CONF_DIR), *extra_config_dirs(sys.argv[1:])])
+    check_writable(sys.argv[1:])
     signal.signal(signal.SIGTERM, _terminate)  # the run's own handler replaces this during training
     threading.excepthook = _thread_failed
     try:
@@ -129,6 +130,30 @@ def extra_config_dirs(argv: list[str]) -> list[Path]:
         elif arg in ("--config-dir", "-cd") and i + 1 < len(argv):
             dirs.append(Path(argv[i + 1]))
     return dirs
+
+
+def check_writable(argv: list[str]) -> None:
+    """Hydra creates the run directory before the task starts and shows a traceback when it
+    cannot: look first where it will write (hydra.run.dir / hydra.sweep.dir, else ./outputs)."""
+    given = [
+        a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))
+    ]
+    target = Path(given[-1] if given else "outputs").absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(existing) else "permission denied"
+        print(
+            f"error: cannot create run directories in {existing} ({reason}); choose another hydra.run.dir",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_yaml(folders: list[Path]) -> None:

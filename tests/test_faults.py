@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.conftest import DATA, ROOT, run_train
 from tests.conftest import run_module as cli
-from tests.test_resume import start, wait_for_epoch
+from tests.test_resume import metrics, start, wait_for_epoch
 
 pytestmark = pytest.mark.slow
 QUICK = ["limit_test_batches=2", "callbacks.progress.bar=false"]
@@ -402,3 +402,43 @@ def test_sigterm_to_a_joblib_sweeps_parent_stops_every_worker_and_resumes(tmp_pa
     run_train(args, cwd=tmp_path)  # the rerun resumes and completes both
     states = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
     assert states == ["completed"] * 2
+    reference = tmp_path / "reference"
+    run_train([*args[:-1], f"hydra.sweep.dir={reference}"], cwd=tmp_path)  # never interrupted
+    for job in ("epochs=3,lr=0.01", "epochs=3,lr=0.001"):
+        assert metrics(sweep / job) == metrics(reference / job), job
+
+
+def test_a_read_only_output_directory_is_one_line(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ro)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (ro / "run").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        for run_dir in (ro / "run", ro / "new" / "run"):  # an existing directory, and one to create
+            done = run_train(
+                ["epochs=1", "limit_train_batches=2", f"hydra.run.dir={run_dir}"],
+                cwd=tmp_path,
+                check=False,
+            )
+            assert done.returncode in (1, 2)
+            one_line_error(done, "ead-only file system", code=done.returncode)
+    finally:
+        subprocess.run(["umount", "-l", str(ro)])
+
+
+def test_outputs_that_vanish_mid_run_are_written_again(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(
+        ["epochs=3", "limit_train_batches=150", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
+    wait_for_epoch(run_dir, 1, proc)
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "results.json").unlink()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert [r["epoch"] for r in json.loads((run_dir / "results.json").read_text())] == [1, 2, 3]
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
