@@ -38,6 +38,23 @@ def swept_keys(config: DictConfig) -> set[str]:
     return keys
 
 
+def planned_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep will have (grid product, or Optuna's n_trials); None if unknown."""
+    sweeper = config.hydra.sweeper
+    if "optuna" in str(sweeper.get("_target_", "")):
+        return int(sweeper.n_trials)
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    count = 1
+    for override in OverridesParser.create().parse_overrides(
+        [*config.hydra.overrides.task, *params]
+    ):
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                return None
+            count *= len(list(override.sweep_iterator()))
+    return count
+
+
 def shared_directory_keys(config: DictConfig) -> list[str]:
     """Swept keys left out of job directory names: their jobs would all write one directory."""
     excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
@@ -49,6 +66,7 @@ def shared_directory_keys(config: DictConfig) -> list[str]:
 class SweepReport(Callback):
     def __init__(self) -> None:
         self.sweep_dir: Path | None = None
+        self.planned: int | None = None
         self.reported = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -62,6 +80,10 @@ class SweepReport(Callback):
             )
             sys.exit(2)  # SystemExit passes through Hydra's callback guard: no job has started
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            self.planned = planned_jobs(config)
+        except Exception:  # noqa: BLE001  (a count is a courtesy; never stop a sweep for it)
+            self.planned = None
         atexit.register(self.finish)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -97,15 +119,19 @@ class SweepReport(Callback):
             print(f"no summary: {exc}")
             return
         failed = summary.table[summary.table["status"] != "completed"]
-        if len(failed):
+        total = max(self.planned or 0, len(summary.table))
+        not_started = total - len(summary.table)
+        if len(failed) or not_started:
             print(
-                f"\n{len(failed)} of {len(summary.table)} jobs did not complete:", file=sys.stderr
+                f"\n{len(failed) + not_started} of {total} jobs did not complete:", file=sys.stderr
             )
             for row in failed.itertuples(index=False):
                 reason = getattr(row, "reason", "") or ""
                 print(
                     f"  {row.run}: {row.status} after epoch {row.epochs}  {reason}", file=sys.stderr
                 )
+            if not_started:
+                print(f"  {not_started} job(s) not started", file=sys.stderr)
             print(
                 f"rerun the same command with hydra.sweep.dir={self.sweep_dir} to resume",
                 file=sys.stderr,

@@ -442,3 +442,27 @@ def test_outputs_that_vanish_mid_run_are_written_again(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert [r["epoch"] for r in json.loads((run_dir / "results.json").read_text())] == [1, 2, 3]
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_sigterm_to_a_basic_sweep_stops_it_reports_every_job_and_resumes(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "lr=0.01,0.001,0.0001",
+        "epochs=2",
+        "limit_train_batches=150",
+        *QUICK,
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = start(args, cwd=tmp_path)
+    wait_for_epoch(sweep / "epochs=2,lr=0.01", 1, proc)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in out, out[-3000:]
+    assert "3 of 3 jobs did not complete" in out and "2 job(s) not started" in out
+    status = json.loads((sweep / "epochs=2,lr=0.01" / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    run_train(args, cwd=tmp_path)
+    assert [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))] == [
+        "completed"
+    ] * 3

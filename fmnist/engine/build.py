@@ -80,7 +80,8 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunSta
         ema=ema,
         graphs=graphs,
         bf16=bf16,
-        provenance={"bf16": bf16_why, "threads": threads},
+        bf16_reason=bf16_why,
+        threads=threads,
         # the epoch's sums stay on the device (no sync per batch) and keep their address (graphs)
         running_loss=torch.zeros((), device=device),
         running_correct=torch.zeros((), dtype=torch.long, device=device),

@@ -50,9 +50,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         run = build_run(cfg, run_dir, hparams)
         if plan.action == "resume":
             restore(run, plan.checkpoint)
-        record, diff = provenance.collect(
-            run.device, run.provenance["threads"], overrides or [], bf16=run.provenance["bf16"]
-        )
+        overrides = overrides or []
+        record, diff = provenance.collect(run.device, run.threads, overrides, bf16=run.bf16_reason)
         run.provenance = rundir.write_provenance(run_dir, record, diff)
         return fit(run, run.tracker)
     finally:

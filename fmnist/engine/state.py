@@ -37,7 +37,9 @@ class RunState:
     ema: torch.optim.swa_utils.AveragedModel | None = None  # evaluated instead of `model`
     graphs: bool = False  # training steps replayed as a CUDA graph (engine/graphs.py)
     bf16: bool = False
-    provenance: dict[str, Any] = field(default_factory=dict)
+    bf16_reason: str = ""  # why bf16 is on or off (runtime.bf16=auto decides from the CPU)
+    threads: int = 0  # torch intra-op threads this run uses
+    provenance: dict[str, Any] = field(default_factory=dict)  # provenance.json, once written
     epoch: int = 0  # 1-based number of the epoch in progress or just finished
     start_epoch: int = 0  # epochs already done before this process started (resume)
     step: int = 0  # optimizer steps so far
