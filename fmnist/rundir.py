@@ -144,9 +144,15 @@ def plan_run(run_dir: Path, hparams: dict[str, Any], epochs: int) -> Plan:
                 f"{run_dir} holds results of an unknown run; choose another directory"
             )
         return Plan("fresh")
-    if not status.get("hparams"):  # failed before training started: nothing to keep
+    recorded, last = status.get("hparams"), status.get("last_epoch", 0)
+    if (recorded and not isinstance(recorded, dict)) or not isinstance(last, int | None):
+        raise RunDirError(
+            f"{run_dir / STATUS} is not a status file this package wrote (unexpected shape); "
+            "move it away or choose another directory"
+        )
+    if not recorded:  # failed before training started: nothing to keep
         return Plan("fresh", stale=True)
-    old, new = identity(status["hparams"]), identity(hparams)
+    old, new = identity(recorded), identity(hparams)
     if old != new:
         diff = ", ".join(
             f"{k}: {old.get(k)} -> {new.get(k)}"

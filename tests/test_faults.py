@@ -466,3 +466,22 @@ def test_sigterm_to_a_basic_sweep_stops_it_reports_every_job_and_resumes(tmp_pat
     assert [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))] == [
         "completed"
     ] * 3
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"status": "completed", "hparams": [1, 2]},
+        {"status": "running", "hparams": {"lr": 0.01}, "last_epoch": "x"},
+    ],
+)
+def test_a_status_file_of_the_wrong_shape_is_one_line_and_left_alone(tmp_path, status):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "status.json").write_text(json.dumps(status))
+    before = snapshot(run_dir)
+    done = run_train(
+        ["epochs=1", "limit_train_batches=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=False
+    )
+    one_line_error(done, "is not a status file this package wrote")
+    assert snapshot(run_dir) == before
