@@ -44,12 +44,6 @@ def onnx_session(path: str | Path) -> Any:
         ) from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def export_onnx(model: Any, path: Path) -> None:
     import torch
 
@@ -89,6 +83,8 @@ def check_onnx(model: Any, path: Path, images: Any) -> dict[str, float]:
 def export_safetensors(trained: Any, out: Path) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
+    from fmnist.files import current_umask  # imports torch: not at module level (ONNX path)
+
     spec = trained.checkpoint["model_config"]
     meta = {
         "model_config": spec,
@@ -97,7 +93,7 @@ def export_safetensors(trained: Any, out: Path) -> tuple[Path, Path]:
     }
     weights = {k: v.contiguous() for k, v in trained.model.state_dict().items()}
     save_file(weights, str(out / "model.safetensors"), metadata={"fmnist": json.dumps(meta)})
-    os.chmod(out / "model.safetensors", 0o666 & ~_umask())  # safetensors writes 0600
+    os.chmod(out / "model.safetensors", 0o666 & ~current_umask())  # safetensors writes 0600
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out / "model.safetensors", out / "model.json"
 

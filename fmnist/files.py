@@ -15,7 +15,8 @@ from typing import IO, Any
 import torch
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -26,7 +27,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 whatever the umask says
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 whatever the umask says
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
