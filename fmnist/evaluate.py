@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-root", default=None, help="default: $FMNIST_DATA, else the project's data/"
     )
+    parser.add_argument(
+        "--out", default=None, help="where to write the results (default: the run's directory)"
+    )
     args = parser.parse_args(argv)
     try:
         result = run_evaluation(args.run, args.checkpoint, args.split, args.tta, args.data_root)
@@ -131,12 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(render(result))
-    out_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    out_dir = Path(args.out) if args.out else run_dir
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
         save(result, out_dir)
-    except OSError as exc:
+    except OSError as exc:  # a read-only or full disk: the result above stands; say where to go
         print(
-            f"error: could not write evaluation.json in {out_dir}: {exc.strerror or exc}",
+            f"error: could not write evaluation.json in {out_dir}: {exc.strerror or exc} "
+            "(the result is printed above; choose another folder with --out DIR)",
             file=sys.stderr,
         )
         return 1

@@ -6,7 +6,6 @@ module turns what can go wrong into exit codes and one-line messages.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -73,7 +72,8 @@ def main() -> None:
     sys.argv = [sys.argv[0], *resume_overrides(sys.argv[1:])]
     check_yaml([Path(CONF_DIR), *extra_config_dirs(sys.argv[1:])])
     check_writable(sys.argv[1:])
-    signal.signal(signal.SIGTERM, _terminate)  # the run's own handler replaces this during training
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the run's own handler replaces these in training
+        signal.signal(sig, _terminate)
     threading.excepthook = _thread_failed
     try:
         hydra_main()
@@ -87,38 +87,13 @@ def main() -> None:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM outside a training loop. A sweep's parent passes it on to its workers (joblib), so
-    each stops at its next batch, saves and marks its job interrupted, as Ctrl-C to the whole
-    process group does; the parent then ends when they have. Otherwise: stop here."""
+    """SIGINT or SIGTERM outside a training loop. A sweep's parent first has its workers stop
+    their jobs at the next batch and save (`fmnist.sweep.stop_workers`); then it stops too."""
     from fmnist.engine.signals import RunInterrupted
+    from fmnist.sweep import stop_workers
 
-    workers = descendants(os.getpid())
-    if not workers:
-        raise RunInterrupted(signum)
-    print(
-        f"\nsignal {signum}: stopping {len(workers)} worker process(es) at their next batch",
-        file=sys.stderr,
-    )
-    for pid in workers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-
-def descendants(pid: int) -> list[int]:
-    """Child processes, recursively (Linux /proc; empty elsewhere)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    stop_workers(signum)
+    raise RunInterrupted(signum)
 
 
 def extra_config_dirs(argv: list[str]) -> list[Path]:

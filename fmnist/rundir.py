@@ -115,6 +115,22 @@ def claim(run_dir: str | Path) -> None:
     _HELD[run_dir] = fd
 
 
+def owner(run_dir: str | Path) -> int | None:
+    """The pid holding the directory now, or None when nobody does. Read from /proc/locks, so
+    looking never takes the lock (a run claiming it at that moment is not refused)."""
+    try:
+        st = (Path(run_dir) / LOCK).stat()
+        locks = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in locks:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" (waiters have "->")
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
+            return int(fields[4])
+    return None
+
+
 def release(run_dir: str | Path) -> None:
     fd = _HELD.pop(Path(run_dir).resolve(), None)
     if fd is not None:

@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -367,58 +369,109 @@ def test_a_full_disk_is_one_line_and_the_directory_stays_consistent(tiny_disk, t
     one_line_error(again, "No space left on device", code=1)
 
 
-def test_sigterm_to_a_joblib_sweeps_parent_stops_every_worker_and_resumes(tmp_path):
+def wait_for_first_epochs(sweep: Path, jobs: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline:  # `jobs` jobs past their first epoch
+        done = [json.loads(p.read_text()).get("last_epoch", 0) for p in sweep.rglob("status.json")]
+        if len(done) >= jobs and sorted(done)[-jobs] >= 1:
+            return
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    raise TimeoutError(f"{jobs} jobs of {sweep} did not finish an epoch")
+
+
+SWEEP_STOPS = [  # launcher, signal, sent to: the parent alone, or the group (Ctrl-C in a terminal)
+    ("joblib", signal.SIGTERM, "parent"),
+    ("joblib", signal.SIGINT, "group"),
+    ("submitit_local", signal.SIGINT, "parent"),
+]
+
+
+@pytest.mark.parametrize(("launcher", "sig", "target"), SWEEP_STOPS)
+def test_stopping_a_sweeps_parent_stops_every_worker_and_resumes(tmp_path, launcher, sig, target):
     sweep = tmp_path / "sweep"
+    lrs = "0.01,0.001" if launcher == "submitit_local" else "0.01,0.001,0.0001"  # 3 jobs, 2 workers
     args = [
         "-m",
-        "hydra/launcher=joblib",
-        "lr=0.01,0.001",
+        f"hydra/launcher={launcher}",
+        *(["hydra.launcher.cpus_per_task=1"] if launcher == "submitit_local" else []),
+        f"lr={lrs}",
         "epochs=3",
         "limit_train_batches=150",
         *QUICK,
         f"hydra.sweep.dir={sweep}",
     ]
-    proc = start(args, cwd=tmp_path)
-    deadline = time.time() + 180
-    while time.time() < deadline:  # both jobs past their first epoch
-        done = [json.loads(p.read_text()).get("last_epoch", 0) for p in sweep.rglob("status.json")]
-        if len(done) == 2 and min(done) >= 1:
-            break
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        time.sleep(0.2)
-    from fmnist.main import descendants
+    proc = start(args, cwd=tmp_path, new_group=True)
+    wait_for_first_epochs(sweep, 2, proc)
     from fmnist.rundir import pid_alive
+    from fmnist.sweep import descendants
 
     workers = descendants(proc.pid)
-    assert workers, "joblib started no worker processes"
-    proc.terminate()  # SIGTERM to the parent only
+    assert workers, f"{launcher} started no worker processes"
+    os.kill(proc.pid if target == "parent" else -proc.pid, sig)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    assert proc.returncode == 128 + sig and "Traceback" not in out, out[-3000:]
     time.sleep(2)
     assert [pid for pid in workers if pid_alive(pid)] == []  # no orphaned workers left training
+    states = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("status.json")}
+    assert {s["status"] for s in states.values()} == {"interrupted"}, states  # saved, not killed
+    assert "=== sweep summary" in out and f"{len(lrs.split(','))} of " in out
+    if len(states) < len(lrs.split(",")):
+        assert "job(s) not started" in out  # the third job was queued, never started
+    run_train(args, cwd=tmp_path)  # the rerun resumes and completes every job
     states = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
-    assert set(states) <= {"interrupted", "completed"} and "interrupted" in states, states
-    assert "=== sweep summary" in out and "did not complete" in out
-    run_train(args, cwd=tmp_path)  # the rerun resumes and completes both
-    states = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
-    assert states == ["completed"] * 2
-    reference = tmp_path / "reference"
-    run_train([*args[:-1], f"hydra.sweep.dir={reference}"], cwd=tmp_path)  # never interrupted
-    for job in ("epochs=3,lr=0.01", "epochs=3,lr=0.001"):
-        assert metrics(sweep / job) == metrics(reference / job), job
+    assert states == ["completed"] * len(lrs.split(","))
+    if launcher == "joblib" and sig == signal.SIGTERM:
+        reference = tmp_path / "reference"
+        run_train([*args[:-1], f"hydra.sweep.dir={reference}"], cwd=tmp_path)  # not interrupted
+        for job in ("epochs=3,lr=0.01", "epochs=3,lr=0.001"):
+            assert metrics(sweep / job) == metrics(reference / job), job
+
+
+def test_a_terminals_ctrl_c_and_its_forwarded_copy_are_one_request():
+    """A worker gets Ctrl-C from the terminal and SIGTERM from the sweep's parent: it stops at a
+    batch (exit through RunInterrupted), while the same signal twice still quits at once."""
+    code = (
+        "import os, signal, sys\n"
+        "from fmnist.engine.signals import StopOnSignal, RunInterrupted\n"
+        "with StopOnSignal() as stop:\n"
+        "    for sig in sys.argv[1:]:\n"
+        "        os.kill(os.getpid(), int(sig))\n"
+        "    try:\n"
+        "        stop.check()\n"
+        "    except RunInterrupted as exc:\n"
+        "        sys.exit(exc.signum)\n"
+    )
+
+    def outcome(*sigs: int) -> int:
+        return subprocess.run([sys.executable, "-c", code, *map(str, sigs)]).returncode
+
+    assert outcome(signal.SIGINT, signal.SIGTERM) == signal.SIGINT  # one request: stop at a batch
+    assert outcome(signal.SIGTERM, signal.SIGINT) == signal.SIGTERM
+    assert outcome(signal.SIGINT, signal.SIGINT) == 128 + signal.SIGINT  # twice: quit at once
+    assert outcome(signal.SIGINT, signal.SIGTERM, signal.SIGINT) == 128 + signal.SIGINT
+
+
+@contextlib.contextmanager
+def read_only_mount(where: Path, fill: Path | None = None):
+    """A tmpfs at `where` (holding a copy of `fill`), remounted read-only; root only."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        if fill is not None:
+            shutil.copytree(fill, where / fill.name, ignore=shutil.ignore_patterns("*.tfevents*"))
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)])
 
 
 def test_a_read_only_output_directory_is_one_line(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a read-only tmpfs")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ro)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (ro / "run").mkdir()
-        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
-        for run_dir in (ro / "run", ro / "new" / "run"):  # an existing directory, and one to create
+    with read_only_mount(tmp_path / "ro") as ro:
+        for run_dir in (ro, ro / "new" / "run"):  # an existing directory, and one to create
             done = run_train(
                 ["epochs=1", "limit_train_batches=2", f"hydra.run.dir={run_dir}"],
                 cwd=tmp_path,
@@ -426,8 +479,21 @@ def test_a_read_only_output_directory_is_one_line(tmp_path):
             )
             assert done.returncode in (1, 2)
             one_line_error(done, "ead-only file system", code=done.returncode)
-    finally:
-        subprocess.run(["umount", "-l", str(ro)])
+
+
+def test_evaluating_a_read_only_run_prints_the_result_then_one_line(finished, tmp_path):
+    with read_only_mount(tmp_path / "ro", fill=finished) as ro:
+        run_dir = ro / finished.name
+        before = snapshot(run_dir)
+        done = cli("evaluate", run_dir)
+        assert "on test: accuracy" in done.stdout, done.stdout  # the result is not lost
+        one_line_error(done, "--out DIR", code=1)
+        assert "Read-only file system" in done.stderr and "evaluation.json" in done.stderr
+        assert snapshot(run_dir) == before
+        elsewhere = tmp_path / "eval"
+        done = cli("evaluate", run_dir, "--out", elsewhere)
+        assert done.returncode == 0, done.stderr
+        assert json.loads((elsewhere / "evaluation.json").read_text())["split"] == "test"
 
 
 def test_outputs_that_vanish_mid_run_are_written_again(tmp_path):

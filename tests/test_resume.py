@@ -23,7 +23,8 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if "duration" not in k and k != "run"} for r in rows]
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
+def start(args: list[str], cwd: Path, new_group: bool = False) -> subprocess.Popen:
+    """`train.py` in the background; `new_group`: its own process group, as a terminal gives."""
     env = {**os.environ, "FMNIST_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args],
@@ -32,6 +33,7 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=new_group,
     )
 
 

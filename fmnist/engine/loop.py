@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from fmnist.callbacks.base import Tracker
@@ -18,12 +18,14 @@ from fmnist.rundir import write_traceback
 log = logging.getLogger("fmnist")
 
 
-def fit(run: RunState, tracker: Tracker) -> dict[str, Any]:
-    """Train from `run.start_epoch` to `cfg.epochs`; returns the last epoch's results row."""
+def fit(run: RunState, tracker: Tracker, stop: StopOnSignal | None = None) -> dict[str, Any]:
+    """Train from `run.start_epoch` to `cfg.epochs`; returns the last epoch's results row.
+    `stop`: the caller's signal handler when it holds one (train does), else fit's own."""
     step = make_step(run)
     run.run_start = time.perf_counter()
-    with StopOnSignal() as stop, failure_reported(run, tracker):
+    with nullcontext(stop) if stop else StopOnSignal() as stop, failure_reported(run, tracker):
         tracker.on_run_start(run)
+        stop.check()  # a signal during the build: stop before the first batch
         for epoch in range(run.start_epoch + 1, run.cfg.epochs + 1):
             run.epoch, run.epoch_start = epoch, time.perf_counter()
             tracker.on_epoch_start(run)

@@ -12,6 +12,7 @@ from fmnist import provenance, rundir
 from fmnist.config import validate
 from fmnist.engine.build import build_run, restore
 from fmnist.engine.loop import fit
+from fmnist.engine.signals import StopOnSignal, check_not_stopped
 from fmnist.hparams import flat_hparams
 from fmnist.models import check_spec, model_spec
 
@@ -23,8 +24,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     (the monitored value of the selected epoch) is in the run's status.json."""
     validate(cfg)
     check_spec(model_spec(cfg.model))  # only this package's models, before anything is touched
+    check_not_stopped()
     run_dir = Path(cfg.output_dir)
-    rundir.claim(run_dir)  # before anything is written: a second process is refused here
+    with StopOnSignal() as stop:  # from the claim on, a signal stops the run at its next batch
+        rundir.claim(run_dir)  # before anything is written: a second process is refused here
+        return _train(cfg, run_dir, stop, overrides or [])
+
+
+def _train(cfg: DictConfig, run_dir: Path, stop: StopOnSignal, overrides: list[str]) -> dict:
     log_handler = None
     try:
         hparams = flat_hparams(cfg)
@@ -50,10 +57,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         run = build_run(cfg, run_dir, hparams)
         if plan.action == "resume":
             restore(run, plan.checkpoint)
-        overrides = overrides or []
         record, diff = provenance.collect(run.device, run.threads, overrides, bf16=run.bf16_reason)
         run.provenance = rundir.write_provenance(run_dir, record, diff)
-        return fit(run, run.tracker)
+        return fit(run, run.tracker, stop)
     finally:
         if log_handler is not None:
             rundir.close_log(log_handler)

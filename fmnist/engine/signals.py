@@ -6,7 +6,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
+
+ECHO_S = 2.0  # a signal of the other kind this soon after the first is the same request
+
+
+STOPPED: int | None = None  # the signal this process was stopped by: it starts no further run
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -16,12 +22,29 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
 
+    def __reduce__(self) -> tuple[type, tuple[int]]:  # a sweep worker sends it to its parent
+        return RunInterrupted, (self.signum,)
+
+
+def check_not_stopped() -> None:
+    """A sweep worker that was told to stop takes no further job (it would run to the end)."""
+    if STOPPED is not None:
+        raise RunInterrupted(STOPPED)
+
 
 class StopOnSignal:
-    """A signal sets a flag the loop checks after each batch; a second one exits at once."""
+    """A signal sets a flag the loop checks after each batch; a second one exits at once.
+
+    One exception: Ctrl-C in a terminal reaches every process of a sweep, and the sweep's parent
+    passes the stop on to its workers as SIGTERM (it cannot tell a terminal's SIGINT from a
+    `kill -INT`). A worker therefore takes a SIGTERM just after a SIGINT, or the reverse, as the
+    same request; the same signal twice, or any signal later, still quits at once.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._at = 0.0
+        self._echoed = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
@@ -32,9 +55,15 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        global STOPPED
+        STOPPED = signum
         if self.signum is not None:
+            echo = signum != self.signum and time.monotonic() - self._at < ECHO_S
+            if echo and not self._echoed:
+                self._echoed = True
+                return
             os._exit(128 + signum)
-        self.signum = signum
+        self.signum, self._at = signum, time.monotonic()
         print(f"\nsignal {signum}: stopping after this batch (again to quit now)", file=sys.stderr)
 
     def check(self) -> None:
