@@ -48,9 +48,11 @@ def test_presets_say_what_they_claim():
     assert best.choices.model == "bn_cnn" and best.model.width == 32 and best.model.dropout == 0.1
     assert best.choices.optimizer == "sgd" and best.choices.scheduler == "onecycle"
     fast = compose_cfg(["experiment=fast"])
-    assert fast.model.width == 16 and fast.epochs == 8 and fast.choices.optimizer == "adamw"
-    assert not (
-        fast.data.augment.crop_padding or fast.data.augment.hflip or fast.data.augment.erasing
+    assert fast.model.width == 16 and fast.epochs == 12 and fast.choices.optimizer == "adamw"
+    assert (fast.lr, fast.batch_size, fast.label_smoothing, fast.tta) == (0.004, 128, 0.0, True)
+    assert fast.choices.scheduler == "onecycle" and fast.model.dropout == 0.25
+    assert fast.data.augment.hflip and not (
+        fast.data.augment.crop_padding or fast.data.augment.erasing
     )
 
 
