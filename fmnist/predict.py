@@ -128,6 +128,14 @@ def torch_logits(path: str, checkpoint: str, tta: bool | None) -> tuple[Callable
     return logits, use_tta
 
 
+def trained_with_tta(onnx_path: Path) -> bool:
+    """As exported: the model.json written beside model.onnx says whether TTA was used."""
+    try:
+        return json.loads((onnx_path.parent / "model.json").read_text()).get("tta") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def onnx_logits(path: str, tta: bool | None) -> tuple[Callable, bool]:
     """(image batch -> logits) with onnxruntime alone."""
     from fmnist.export import ExportError, onnx_session
@@ -137,7 +145,7 @@ def onnx_logits(path: str, tta: bool | None) -> tuple[Callable, bool]:
     except ExportError as exc:
         raise ImageError(str(exc)) from None
     name = session.get_inputs()[0].name
-    use_tta = bool(tta)
+    use_tta = trained_with_tta(Path(path)) if tta is None else tta
 
     def logits(x: np.ndarray) -> np.ndarray:
         out = session.run(None, {name: x})[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -107,6 +108,28 @@ def test_predict_with_onnx_only_matches_pytorch_and_imports_no_torch(exported, t
     for a, b in zip(torch_answers, onnx_answers, strict=True):
         assert a["top"][0]["class"] == b["top"][0]["class"]
         assert abs(a["top"][0]["probability"] - b["top"][0]["probability"]) < 1e-4
+
+
+def test_onnx_predictions_use_tta_as_the_model_was_evaluated(exported, tmp_path):
+    """model.json beside model.onnx says whether the reported figures used flip TTA; predict
+    --onnx follows it unless told otherwise, as the PyTorch path follows the checkpoint."""
+    from fmnist.predict import load_image, onnx_logits
+
+    _, out, _ = exported
+    assert json.loads((out / "model.json").read_text())["tta"] is False  # trained without
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(out / "model.onnx", alone / "model.onnx")
+    x = load_image(EXAMPLES[0])[None]
+    plain, used = onnx_logits(str(alone / "model.onnx"), None)
+    assert used is False  # no model.json: no TTA
+    meta = json.loads((out / "model.json").read_text()) | {"tta": True}
+    (alone / "model.json").write_text(json.dumps(meta))
+    mirrored, used = onnx_logits(str(alone / "model.onnx"), None)
+    assert used is True
+    expected = (plain(x) + plain(np.ascontiguousarray(x[..., ::-1]))) / 2
+    assert np.allclose(mirrored(x), expected, atol=1e-6)
+    assert onnx_logits(str(alone / "model.onnx"), False)[1] is False  # --no-tta wins
 
 
 def test_bad_input_is_one_line(trained_run, tmp_path):

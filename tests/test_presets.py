@@ -47,10 +47,13 @@ def test_presets_say_what_they_claim():
     assert (best.lr, best.batch_size, best.epochs, best.label_smoothing) == (0.1, 128, 40, 0.05)
     assert best.choices.model == "bn_cnn" and best.model.width == 32 and best.model.dropout == 0.1
     assert best.choices.optimizer == "sgd" and best.choices.scheduler == "onecycle"
+    assert best.optimizer.nesterov and best.optimizer.momentum > 0  # "SGD with Nesterov momentum"
+    assert best.scheduler.max_lr == best.lr  # "one-cycle peak"
     fast = compose_cfg(["experiment=fast"])
     assert fast.model.width == 16 and fast.epochs == 12 and fast.choices.optimizer == "adamw"
     assert (fast.lr, fast.batch_size, fast.label_smoothing, fast.tta) == (0.004, 128, 0.0, True)
     assert fast.choices.scheduler == "onecycle" and fast.model.dropout == 0.25
+    assert fast.scheduler.max_lr == fast.lr  # "one-cycle peak"
     assert fast.data.augment.hflip and not (
         fast.data.augment.crop_padding or fast.data.augment.erasing
     )

@@ -51,7 +51,7 @@ def wait_for_epoch(run_dir: Path, epoch: int, proc: subprocess.Popen, timeout: f
 
 
 def test_kill9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    args = ["epochs=3", "limit_train_batches=200", *QUICK]
+    args = ["epochs=3", "limit_train_batches=120", *QUICK]
     run_train([*args, f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path)
     crashed = tmp_path / "crashed"
     proc = start([*args, f"hydra.run.dir={crashed}"], cwd=tmp_path)
