@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from fmnist import CLASSES
 from fmnist.config import DataConfig
+from fmnist.console import closed_pipe_is_fine
 from fmnist.data import DataError, build_data
 from fmnist.files import write_json
 from fmnist.metrics import evaluate, per_class
@@ -110,6 +111,7 @@ def save(result: dict[str, Any], out_dir: Path) -> list[Path]:
     return paths
 
 
+@closed_pipe_is_fine
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fmnist-evaluate", description="Evaluate a trained run.")
     parser.add_argument("run", help="a run directory, or a checkpoint file (.pt)")
@@ -133,19 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     except (RunDirError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(render(result))
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     out_dir = Path(args.out) if args.out else run_dir
-    try:
+    try:  # saved first: a reader that stops early (`| head`) does not cost the files
         out_dir.mkdir(parents=True, exist_ok=True)
         save(result, out_dir)
-    except OSError as exc:  # a read-only or full disk: the result above stands; say where to go
+    except OSError as exc:  # a read-only or full disk: the result stands; say where to go
+        print(render(result))
         print(
             f"error: could not write evaluation.json in {out_dir}: {exc.strerror or exc} "
             "(the result is printed above; choose another folder with --out DIR)",
             file=sys.stderr,
         )
         return 1
+    print(render(result))
     print(f"\nwrote evaluation.json and confusion_matrix.png in {out_dir}")
     return 0
 

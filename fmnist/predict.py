@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist import CLASSES
+from fmnist.console import closed_pipe_is_fine
 
 MAX_PIXELS = 40_000_000  # larger images are refused (a decompression bomb costs GBs of memory)
 
@@ -156,6 +157,7 @@ def onnx_logits(path: str, tta: bool | None) -> tuple[Callable, bool]:
     return logits, use_tta
 
 
+@closed_pipe_is_fine
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fmnist-predict", description="Classify images with a trained model."

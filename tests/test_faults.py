@@ -559,3 +559,18 @@ def test_a_status_file_of_the_wrong_shape_is_one_line_and_left_alone(tmp_path, s
     )
     one_line_error(done, "is not a status file this package wrote")
     assert snapshot(run_dir) == before
+
+
+def test_a_reader_that_leaves_early_costs_no_traceback_and_no_file(finished, tmp_path):
+    """`fmnist-evaluate RUN | head`: the pipe closes before the report is printed."""
+    out = tmp_path / "eval"
+    for module, args in (("evaluate", [finished, "--out", out]), ("compare", [finished.parent])):
+        command = " ".join([sys.executable, "-m", f"fmnist.{module}", *map(str, args)])
+        done = subprocess.run(
+            ["bash", "-c", f"{command} | true; exit ${{PIPESTATUS[0]}}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (module, done.stderr)
+    assert json.loads((out / "evaluation.json").read_text())["split"] == "test"

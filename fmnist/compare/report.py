@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from fmnist.compare.table import SORT_KEYS, Summary, summarize
+from fmnist.console import closed_pipe_is_fine
 from fmnist.files import write_json, write_text
 
 METRIC_FORMATS = {"accuracy": "{:.4f}", "loss": "{:.4f}", "duration_s": "{:.1f}"}
@@ -145,6 +146,7 @@ def report(path: str | Path, **options: Any) -> Summary:
     return summary
 
 
+@closed_pipe_is_fine
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fmnist-compare", description="Compare runs of a sweep or of outputs/."
