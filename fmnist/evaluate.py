@@ -140,15 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     try:  # saved first: a reader that stops early (`| head`) does not cost the files
         out_dir.mkdir(parents=True, exist_ok=True)
         save(result, out_dir)
+        unsaved = None
     except OSError as exc:  # a read-only or full disk: the result stands; say where to go
-        print(render(result))
+        unsaved = exc
+    print(render(result))
+    if unsaved is not None:
         print(
-            f"error: could not write evaluation.json in {out_dir}: {exc.strerror or exc} "
+            f"error: could not write evaluation.json in {out_dir}: {unsaved.strerror or unsaved} "
             "(the result is printed above; choose another folder with --out DIR)",
             file=sys.stderr,
         )
         return 1
-    print(render(result))
     print(f"\nwrote evaluation.json and confusion_matrix.png in {out_dir}")
     return 0
 
