@@ -458,6 +458,18 @@ def test_a_terminals_ctrl_c_and_its_forwarded_copy_are_one_request():
     assert outcome(signal.SIGTERM, signal.SIGINT) == signal.SIGTERM
     assert outcome(signal.SIGINT, signal.SIGINT) == 128 + signal.SIGINT  # twice: quit at once
     assert outcome(signal.SIGINT, signal.SIGTERM, signal.SIGINT) == 128 + signal.SIGINT
+    after = (  # stopped, then another Ctrl-C while the process winds down: it quits, no traceback
+        "import os, signal, time\n"
+        "from fmnist.engine.signals import StopOnSignal\n"
+        "with StopOnSignal():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.1)\n"
+        "time.sleep(0.1)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True)
+    assert done.returncode == 128 + signal.SIGINT and "Traceback" not in done.stderr, done.stderr
 
 
 @contextlib.contextmanager

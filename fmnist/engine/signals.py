@@ -71,5 +71,7 @@ class StopOnSignal:
             raise RunInterrupted(self.signum)
 
     def __exit__(self, *exc: Any) -> None:
+        if self.signum is not None:
+            return  # stopped: this process is on its way out, and another signal still quits now
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
