@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from fmnist.callbacks.base import Callback
 from fmnist.callbacks.early_stopping import EarlyStopping
@@ -18,7 +19,7 @@ from fmnist.data.loaders import MemoryLoader
 from fmnist.data.tensors import load_tensors
 from fmnist.engine import train
 from fmnist.metrics import evaluate
-from tests.conftest import compose_cfg, run_train
+from tests.conftest import CONF, compose_cfg, run_train
 from tests.test_resume import metrics, start, wait_for_epoch
 
 QUICK = ["limit_test_batches=2", "callbacks.progress.bar=false"]
@@ -197,12 +198,27 @@ def test_lr_finder_writes_a_plot_and_a_value_in_range_and_no_run(tmp_path, data_
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
 
 
-def test_debug_overfit_drives_the_loss_towards_zero(tmp_path):
-    run_dir = tmp_path / "overfit"
-    run_train(["debug=overfit", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=600)
-    rows = json.loads((run_dir / "results.json").read_text())
-    assert len(rows) == 40 and rows[0]["loss"] > 1.0
-    assert rows[-1]["loss"] < 0.05 and rows[-1]["accuracy"] >= 0.99
+def test_debug_overfit_memorizes_its_batches_with_every_model_in_the_zoo(data_root, tmp_path):
+    """One real multirun over every file in conf/model/ (two jobs at once, a thread each): each
+    model reaches training accuracy 1.000 and a loss far under 0.01 on its 4 fixed batches.
+    Measured on an AMD EPYC (AVX512-BF16): 0.0003 seed_cnn, 0.0005 bn_cnn, 0.0022 resnet; the
+    cosine decay to 0 makes the last epochs settle, so the value barely moves between CPUs."""
+    from fmnist.models import REGISTRY
+
+    zoo = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    targets = {OmegaConf.load(CONF / "model" / f"{m}.yaml")._target_ for m in zoo}
+    assert targets == set(REGISTRY)  # every model class has its YAML file, so all are tried
+    for model in zoo:  # "no dropout": a model with dropout gets it switched off for the test
+        assert compose_cfg(["debug=overfit", f"model={model}"]).model.get("dropout", 0) == 0, model
+    sweep = tmp_path / "sweep"
+    args = ["-m", "debug=overfit", f"model={','.join(zoo)}", "hydra/launcher=joblib"]
+    run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=900)
+    for model in zoo:
+        cfg = compose_cfg(["debug=overfit", f"model={model}"])
+        rows = json.loads((sweep / f"debug=overfit,model={model}" / "results.json").read_text())
+        assert len(rows) == cfg.epochs and rows[0]["loss"] > 1.0, model  # it started from chance
+        assert rows[-1]["accuracy"] == 1.0 and rows[-1]["num_correct"] == 4 * cfg.batch_size, model
+        assert rows[-1]["loss"] < 0.01, (model, rows[-1]["loss"])
 
 
 def test_debug_profile_writes_a_trace_and_a_table(tmp_path):
