@@ -14,7 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.metrics import OBJECTIVES
+from fmnist.metrics import OBJECTIVES, direction
+from fmnist.paths import data_root
 
 
 class ConfigError(ValueError):
@@ -35,7 +36,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    root: str = "data"  # holds FashionMNIST/raw/; env FMNIST_DATA overrides (see data/*.yaml)
+    root: str = "data"  # holds FashionMNIST/raw/; conf/data/ sets it from fmnist.paths.data_root
     loader: Loader = Loader.memory
     val_size: int = 5000  # held out of the 60,000, stratified by class; 0 = the article's setup
     split_seed: int = 0  # fixes which images form the validation split, whatever `seed` is
@@ -96,9 +97,11 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 # two sweeps started in the same second get different directories.
 OmegaConf.register_new_resolver("fmnist.pid", lambda: os.getpid(), use_cache=True, replace=True)
 
+OmegaConf.register_new_resolver("fmnist.data_root", data_root, replace=True)
+
 OmegaConf.register_new_resolver(
     "fmnist.direction",
-    lambda monitor: "maximize" if OBJECTIVES.get(monitor) == "max" else "minimize",
+    lambda monitor: "maximize" if direction(monitor) == "max" else "minimize",
     replace=True,
 )
 
@@ -115,6 +118,9 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.lr > 0, "lr", cfg.lr, "must be a number > 0, e.g. lr=0.01")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be an integer >= 1")
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "must be an integer >= 1")
+    for key in ("seed", "data.split_seed"):  # numpy's generators take 32-bit seeds only
+        value = OmegaConf.select(cfg, key)
+        _check(0 <= value < 2**32, key, value, "must be an integer from 0 to 4294967295")
     _check(
         0 <= cfg.label_smoothing < 1, "label_smoothing", cfg.label_smoothing, "must be in [0, 1)"
     )
@@ -150,6 +156,8 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", cfg.grad_clip, "null or > 0")
     _check(0 <= cfg.ema.decay < 1, "ema.decay", cfg.ema.decay, "in [0, 1); 0 = off")
     _check(cfg.ema.every >= 1, "ema.every", cfg.ema.every, ">= 1")
+    interval = cfg.runtime.nan_check_interval
+    _check(interval >= 0, "runtime.nan_check_interval", interval, ">= 0 (0 = automatic)")
     aug = cfg.data.augment
     _check(0 <= aug.crop_padding <= 8, "data.augment.crop_padding", aug.crop_padding, "0..8")
     _check(0 <= aug.erasing <= 1, "data.augment.erasing", aug.erasing, "a probability in [0, 1]")

@@ -7,7 +7,6 @@ python -m fmnist.evaluate somewhere/best.pt        # a checkpoint file alone wor
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,8 @@ from fmnist.console import closed_pipe_is_fine
 from fmnist.data import DataError, build_data
 from fmnist.files import write_json
 from fmnist.metrics import evaluate, per_class
+from fmnist.paths import data_root as default_root
 from fmnist.rundir import RunDirError, load_trained
-
-PROJECT_DATA = Path(__file__).resolve().parent.parent / "data"  # where `make data` puts it
-
-
-def default_data_root() -> str:
-    """FMNIST_DATA, else the project's data/ (never a relative path: it would depend on the cwd)."""
-    return os.environ.get("FMNIST_DATA") or str(PROJECT_DATA)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -73,7 +66,7 @@ def run_evaluation(
             f"{trained.label} was trained without a validation split; use --split test"
         )
     data_cfg = OmegaConf.structured(DataConfig)
-    data_cfg.root = data_root or default_data_root()
+    data_cfg.root = data_root or default_root()
     data_cfg.val_size, data_cfg.split_seed = (
         int(split_cfg["val_size"]),
         int(split_cfg["split_seed"]),
@@ -124,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         help="flip TTA (default: as trained)",
     )
     parser.add_argument(
-        "--data-root", default=None, help="default: $FMNIST_DATA, else the project's data/"
+        "--data-root",
+        default=None,
+        help="default: $FMNIST_DATA, else the checkout's data/, else ~/.cache/fmnist",
     )
     parser.add_argument(
         "--out", default=None, help="where to write the results (default: the run's directory)"

@@ -117,9 +117,10 @@ def run_export(
     import torch
 
     from fmnist.data.tensors import load_tensors
-    from fmnist.evaluate import default_data_root, run_evaluation
+    from fmnist.evaluate import run_evaluation
     from fmnist.evaluate import save as save_evaluation
     from fmnist.model_card import model_card
+    from fmnist.paths import data_root as default_data_root
     from fmnist.rundir import load_trained
 
     trained = load_trained(path, which)
@@ -171,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--out", default=None, help="default: RUN_DIR/export/")
     parser.add_argument(
-        "--data-root", default=None, help="default: $FMNIST_DATA, else the project's data/"
+        "--data-root",
+        default=None,
+        help="default: $FMNIST_DATA, else the checkout's data/, else ~/.cache/fmnist",
     )
     args = parser.parse_args(argv)
     from fmnist.data import DataError

@@ -18,21 +18,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist.config import ConfigError, validate
-from fmnist.data import DataError, build_data
+from fmnist.data import DataError
+from fmnist.engine.build import build_run
+from fmnist.engine.step import make_step
 from fmnist.files import write_json
+from fmnist.hparams import flat_hparams
 from fmnist.main import CONF_DIR
-from fmnist.models import ModelError, build_model, model_spec
-from fmnist.runtime import configure, pick_device, seed_everything
+from fmnist.models import ModelError
 
 
 def compose_config(overrides: list[str], out: Path) -> DictConfig:
@@ -46,29 +45,26 @@ def compose_config(overrides: list[str], out: Path) -> DictConfig:
 def range_test(
     cfg: DictConfig, steps: int, lr_min: float, lr_max: float, diverge: float = 4.0
 ) -> dict:
-    """Loss after each step while the learning rate grows from lr_min to lr_max (exponentially)."""
-    configure(cfg.runtime)
-    device = pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.batch_size, True, cfg.seed, device, cfg.runtime.channels_last)
-    model = build_model(model_spec(cfg.model)).to(device)
-    if cfg.runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    """Loss after each step while the learning rate grows from lr_min to lr_max (exponentially).
+    The run is built by the engine (device, threads, data, model, optimizer, bf16) as training
+    builds it, without callbacks; no CUDA graphs, since the learning rate changes every step."""
+    with open_dict(cfg):
+        cfg.callbacks = {}
+        cfg.runtime.cuda_graphs = False
+    run = build_run(cfg, Path(cfg.output_dir), flat_hparams(cfg))
+    step = make_step(run)
     lrs: list[float] = []
     losses: list[float] = []
     smooth, best = 0.0, math.inf
-    batches = (batch for epoch in range(1, 10_000) for batch in data.train.epoch(epoch))
-    model.train()
+    batches = (batch for epoch in range(1, 10_000) for batch in run.data.train.epoch(epoch))
+    run.model.train()
     for i, (x, y) in zip(range(steps), batches, strict=False):
         lr = lr_min * (lr_max / lr_min) ** (i / max(1, steps - 1))
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
+        run.running_loss.zero_()
+        step(x, y)
+        value = run.running_loss.item() / len(y)
         smooth = 0.9 * smooth + 0.1 * value  # exponential moving average, from 0...
         debiased = smooth / (1 - 0.9 ** (i + 1))  # ...so divided by what the zero start took
         lrs.append(lr)

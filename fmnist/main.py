@@ -22,11 +22,10 @@ from fmnist.data import DataError
 from fmnist.engine import train
 from fmnist.engine.step import NonFiniteLossError
 from fmnist.models import ModelError
+from fmnist.paths import conf_dir
 from fmnist.rundir import RunDirError, read_status
 
-CONF_DIR = str(
-    Path(__file__).resolve().parent.parent / "conf"
-)  # editable install: the repo's conf/
+CONF_DIR = str(conf_dir())  # the wheel's fmnist/conf, or the checkout's conf/
 EXPECTED = (
     ConfigError,
     DataError,
@@ -87,12 +86,10 @@ def main() -> None:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    """SIGINT or SIGTERM outside a training loop. A sweep's parent first has its workers stop
-    their jobs at the next batch and save (`fmnist.sweep.stop_workers`); then it stops too."""
+    """SIGINT or SIGTERM outside a training loop (a sweep's parent installs its own handler,
+    `fmnist.sweep.SweepReport.on_signal`, which stops its workers first)."""
     from fmnist.engine.signals import RunInterrupted
-    from fmnist.sweep import stop_workers
 
-    stop_workers(signum)
     raise RunInterrupted(signum)
 
 

@@ -38,15 +38,43 @@ METRICS = (
 )
 METRIC_NAMES = frozenset(m.name for m in METRICS) | {"run"}  # the rest of a row: hyperparameters
 
+
+def direction(name: str) -> str | None:
+    """ "max" or "min" for a metric or a compare column, by what it measures (accuracies up;
+    losses and durations down); None for anything else (a hyperparameter). The one place."""
+    if name.endswith(("accuracy", "num_correct")):
+        return "max"
+    if name.endswith(("loss", "duration", "duration_s")):
+        return "min"
+    return None
+
+
+def column_format(name: str) -> str:
+    """How tables show a metric column's value: 4 decimals for accuracies and losses."""
+    return "{:.1f}" if name.endswith(("duration", "duration_s")) else "{:.4f}"
+
+
 # The objective: what best.pt follows, what a sweeper optimizes, what compare ranks by.
 # Only validation metrics may select; the direction follows from the name.
-OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
+OBJECTIVES = {name: direction(name) for name in ("val_accuracy", "val_loss")}
 
 
-def better(monitor: str, value: float, best: float | None) -> bool:
+def better(monitor: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+    """Whether `value` improves on `best` by more than `min_delta` in `monitor`'s direction."""
     if best is None:
         return True
-    return value > best if OBJECTIVES[monitor] == "max" else value < best
+    return value > best + min_delta if OBJECTIVES[monitor] == "max" else value < best - min_delta
+
+
+def select(history: list[dict[str, Any]], monitor: str | None) -> dict[str, Any]:
+    """The epoch the objective selects (the first of equals); the last without one. best.pt,
+    the sweep summary and fmnist-compare all take it from here."""
+    if not history:
+        return {}
+    if monitor is None or not all(isinstance(h.get(monitor), int | float) for h in history):
+        return history[-1]
+    sign = 1 if OBJECTIVES[monitor] == "max" else -1
+    return max(history, key=lambda h: (sign * h[monitor], -h["epoch"]))
 
 
 @torch.inference_mode()

@@ -16,16 +16,19 @@ from typing import Any
 
 import torch
 
+from fmnist.paths import PACKAGE, checkout
 from fmnist.runtime import NATIVE_BF16, cpu_cores, cpu_flags, cpu_model
 
-SOURCE = Path(__file__).resolve().parent.parent  # the checkout this package runs from
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", *NATIVE_BF16)  # change speed or numerics
 
 
 def _git(*args: str) -> str | None:
+    source = checkout()
+    if source is None:  # an installed wheel: no git, even if site-packages sits inside a repo
+        return None
     try:
         done = subprocess.run(
-            ["git", "-C", str(SOURCE), *args], capture_output=True, text=True, timeout=20
+            ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=20
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -34,12 +37,12 @@ def _git(*args: str) -> str | None:
 
 def git_state() -> tuple[dict[str, Any], str]:
     """({commit, dirty}, the uncommitted diff or ""); commit None outside a git checkout."""
-    commit = _git("rev-parse", "HEAD")
+    commit, source = _git("rev-parse", "HEAD"), str(checkout() or PACKAGE)
     if commit is None:
-        return {"commit": None, "dirty": None, "source": str(SOURCE)}, ""
+        return {"commit": None, "dirty": None, "source": source}, ""
     status = _git("status", "--porcelain", "--untracked-files=no") or ""
     diff = (_git("diff", "HEAD") or "") if status.strip() else ""
-    return {"commit": commit.strip(), "dirty": bool(status.strip()), "source": str(SOURCE)}, diff
+    return {"commit": commit.strip(), "dirty": bool(status.strip()), "source": source}, diff
 
 
 def _version(package: str) -> str | None:

@@ -8,9 +8,7 @@ models are built only from this package's registry (`fmnist.models.build_model`)
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import shutil
 import socket
 import traceback
@@ -23,6 +21,7 @@ import torch
 
 from fmnist.files import read_json, write_json, write_text
 from fmnist.hparams import identity
+from fmnist.locking import FileLock, LockHeld, holder, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +65,6 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     return status
 
 
-def pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError, OverflowError):
-        return False
-    except PermissionError:
-        return True  # alive, someone else's
-    return True
-
-
 def liveness(status: dict[str, Any] | None) -> str:
     """running, completed, failed, interrupted; `crashed` for a dead process still 'running'."""
     if status is None:
@@ -89,52 +78,66 @@ def liveness(status: dict[str, Any] | None) -> str:
 
 # --- ownership ----------------------------------------------------------------------------------
 
-_HELD: dict[Path, int] = {}  # run dir -> lock file descriptor, held for the process's life
 
+class RunDirectory:
+    """One run directory as this process uses it: the lock it holds on it from `claim` to
+    `release` (the OS drops it if the process dies), and the run's log file meanwhile."""
 
-def claim(run_dir: str | Path) -> None:
-    """Take the directory for this process (a lock the OS drops when the process dies).
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = FileLock(self.path / LOCK)
+        self._log: logging.Handler | None = None
 
-    A second process is refused at once with the owner's pid; a dead owner's claim is free.
-    """
-    run_dir = Path(run_dir).resolve()
-    if run_dir in _HELD:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise RunDirError(
-            f"{run_dir} is in use by process {owner}; wait for it or choose another directory"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-    _HELD[run_dir] = fd
+    def claim(self) -> RunDirectory:
+        """Take the directory; a second process is refused at once with the owner's pid."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except LockHeld as held:
+            raise RunDirError(
+                f"{self.path} is in use by process {held.owner}; "
+                "wait for it or choose another directory"
+            ) from None
+        return self
+
+    def open_log(self) -> None:
+        """Append this run's log records to its train.log until `release`."""
+        handler = logging.FileHandler(self.path / "train.log", mode="a")
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        )
+        logging.getLogger().addHandler(handler)
+        self._log = handler
+
+    def status(self) -> dict[str, Any] | None:
+        return read_status(self.path)
+
+    def write_status(self, **fields: Any) -> dict[str, Any]:
+        return write_status(self.path, **fields)
+
+    def plan(self, hparams: dict[str, Any], epochs: int) -> Plan:
+        return plan_run(self.path, hparams, epochs)
+
+    def checkpoint(self, which: str = "last") -> Path:
+        return checkpoint_path(self.path, which)
+
+    def release(self) -> None:
+        if self._log is not None:
+            logging.getLogger().removeHandler(self._log)
+            self._log.close()
+            self._log = None
+        self._lock.release()
+
+    def __enter__(self) -> RunDirectory:
+        return self.claim()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def owner(run_dir: str | Path) -> int | None:
-    """The pid holding the directory now, or None when nobody does. Read from /proc/locks, so
-    looking never takes the lock (a run claiming it at that moment is not refused)."""
-    try:
-        st = (Path(run_dir) / LOCK).stat()
-        locks = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in locks:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" (waiters have "->")
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
-            return int(fields[4])
-    return None
-
-
-def release(run_dir: str | Path) -> None:
-    fd = _HELD.pop(Path(run_dir).resolve(), None)
-    if fd is not None:
-        os.close(fd)
+    """The pid holding the directory now, or None when nobody does (looking takes no claim)."""
+    return holder(Path(run_dir) / LOCK)
 
 
 # --- what to do with a directory ---------------------------------------------------------------
@@ -219,19 +222,6 @@ def write_hydra_files(run_dir: Path, cfg: Any) -> None:
     write_text(folder / "config.yaml", OmegaConf.to_yaml(task))
     write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
     write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
-
-
-def open_log(run_dir: Path) -> logging.Handler:
-    """Append this run's log records to its train.log (removed again by `close_log`)."""
-    handler = logging.FileHandler(run_dir / "train.log", mode="a")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    logging.getLogger().addHandler(handler)
-    return handler
-
-
-def close_log(handler: logging.Handler) -> None:
-    logging.getLogger().removeHandler(handler)
-    handler.close()
 
 
 def write_traceback(run_dir: Path) -> Path:

@@ -21,9 +21,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from fmnist.locking import children
 from fmnist.rundir import owner, read_status, write_status
-
-ACTIVE: SweepReport | None = None  # the sweep this process runs, if any (its parent's report)
 
 
 def job_exception(job_return: JobReturn) -> BaseException | None:
@@ -85,8 +84,11 @@ class SweepReport(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)  # SystemExit passes through Hydra's callback guard: no job has started
-        global ACTIVE
-        ACTIVE = self
+        for sig in (
+            signal.SIGINT,
+            signal.SIGTERM,
+        ):  # a job's own handler replaces these while it runs
+            signal.signal(sig, self.on_signal)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             self.planned = planned_jobs(config)
@@ -112,6 +114,15 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish()
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        """SIGINT or SIGTERM to the sweep's parent outside a job: its workers stop their jobs at
+        the next batch and save (`stop_workers`); then the parent stops too (exit 130/143)."""
+        from fmnist.engine.signals import RunInterrupted
+
+        if self.sweep_dir is not None:
+            stop_workers(self.sweep_dir, signum)
+        raise RunInterrupted(signum)
 
     def finish(self) -> None:
         """Print the summary and the failures, once."""
@@ -148,35 +159,18 @@ class SweepReport(Callback):
         sys.stderr.flush()
 
 
-def descendants(pid: int) -> list[int]:
-    """Child processes, recursively (Linux /proc; empty elsewhere)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def running_jobs(sweep_dir: Path, workers: set[int]) -> dict[Path, int]:
     """Job directories of the sweep held by one of `workers`, with the holder's pid."""
     held = {lock.parent: owner(lock.parent) for lock in sweep_dir.rglob(".owner.lock")}
     return {job: pid for job, pid in held.items() if pid in workers}
 
 
-def stop_workers(signum: int, timeout_s: float = 300.0) -> bool:
+def stop_workers(sweep_dir: Path, signum: int, timeout_s: float = 300.0) -> bool:
     """In a sweep's parent (joblib, submitit_local): SIGTERM each worker that runs a job, and
     each that starts one meanwhile, then wait until they have saved and let go of their job
     directories. Idle workers are left alone (an idle loky worker dies of SIGTERM, and its
     executor would then kill the others mid-save). False when this process has no workers."""
-    if ACTIVE is None or ACTIVE.sweep_dir is None or not descendants(os.getpid()):
+    if not children(os.getpid()):
         return False
     print(
         f"\nsignal {signum}: stopping the sweep's running jobs at their next batch", file=sys.stderr
@@ -184,7 +178,7 @@ def stop_workers(signum: int, timeout_s: float = 300.0) -> bool:
     told: set[int] = set()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        jobs = running_jobs(ACTIVE.sweep_dir, set(descendants(os.getpid())))
+        jobs = running_jobs(sweep_dir, set(children(os.getpid())))
         if not jobs:
             break
         for pid in set(jobs.values()) - told:

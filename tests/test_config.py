@@ -7,7 +7,7 @@ from omegaconf.errors import ValidationError
 
 from fmnist.config import ConfigError, validate
 from fmnist.engine.graphs import optimizer_options, want_graphs
-from tests.conftest import CONF, compose_cfg
+from tests.conftest import CONF, compose_cfg, run_train
 
 
 def test_default_config_has_the_articles_hyperparameters():
@@ -58,11 +58,72 @@ def test_wrong_types_and_unknown_keys_fail_at_composition(override):
         ("device=tpu", "device"),
         ("data.val_size=60000", "data.val_size"),
         ("limit_train_batches=0", "limit_train_batches"),
+        ("seed=-1", "seed"),
+        (f"seed={2**32}", "seed"),  # numpy's generators take 32-bit seeds only
+        ("data.split_seed=-1", "data.split_seed"),
+        ("runtime.nan_check_interval=-1", "runtime.nan_check_interval"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"^{key}="):
         validate(compose_cfg([override]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.num_classes=3"], "model.num_classes=3 is invalid: Fashion-MNIST has 10 classes"),
+        (
+            ["model=bn_cnn", "model.width=0"],
+            "model.width=0, model.dropout=0.25, model.num_classes=10 cannot take 28x28 images",
+        ),
+        (
+            ["model=resnet", "model.width=0"],
+            "model.width=0, model.blocks=2, model.num_classes=10 cannot",
+        ),
+        (["model=bn_cnn", "model.dropout=2"], "dropout probability has to be between 0 and 1"),
+    ],
+)
+def test_model_arguments_that_contradict_the_data_are_one_line(overrides, message):
+    from fmnist.models import ModelError, build_model, check_fits_the_data, model_spec
+
+    spec = model_spec(compose_cfg(overrides).model)
+    with pytest.raises(ModelError) as info:
+        check_fits_the_data(build_model(spec), spec, 10)
+    assert "\n" not in str(info.value) and message in str(info.value), info.value
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer (sgd): Invalid momentum value: -1"),
+        (["scheduler=onecycle", "scheduler.pct_start=2"], "scheduler (onecycle): Expected float"),
+        (["scheduler=cosine", "scheduler.warmup_steps=-1"], "scheduler.warmup_steps=-1 is invalid"),
+        (
+            ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=0"],
+            "callbacks.early_stopping.patience=0 is invalid",
+        ),
+    ],
+)
+def test_values_that_torch_or_a_callback_refuse_are_one_line(
+    data_root, tmp_path, overrides, message
+):
+    from fmnist.engine.build import build_run
+    from fmnist.hparams import flat_hparams
+
+    cfg = compose_cfg(overrides, data_root, output_dir=tmp_path)
+    with pytest.raises(ConfigError) as info:
+        build_run(cfg, tmp_path, flat_hparams(cfg))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_a_contradicting_model_argument_is_refused_before_training(tmp_path):
+    done = run_train(
+        ["model.num_classes=3", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=False
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: model.num_classes=3 is invalid")
+    assert not (tmp_path / "r" / "results.csv").exists()
 
 
 def test_unknown_group_option_lists_the_choices():

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchvision import datasets, transforms
 
-from fmnist.data import files
-from fmnist.data.files import FILES, DataError, ensure_data, raw_dir
+from fmnist.data import sources
 from fmnist.data.loaders import MemoryLoader, TorchvisionLoader, split_indices
+from fmnist.data.sources import FILES, DataError, ensure_data, raw_dir
 from fmnist.data.tensors import load_tensors
 
 
@@ -71,19 +71,32 @@ def test_debian_files_are_decompressed(data_root, tmp_path, monkeypatch):
             gzip.open(debian / f"{spec.name}.gz", "wb", compresslevel=1) as fout,
         ):
             shutil.copyfileobj(fin, fout)
-    monkeypatch.setattr(files, "DEBIAN_DIR", debian)
+    monkeypatch.setattr(sources, "DEBIAN_DIR", debian)
     root = tmp_path / "root"
     ensure_data(root, download=False)
     assert all((raw_dir(root) / spec.name).stat().st_size == spec.size for spec in FILES)
 
 
 def test_missing_everywhere_names_every_way(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "nowhere")
     with pytest.raises(DataError) as info:
         ensure_data(tmp_path / "root", download=False)
     message = str(info.value)
-    for way in ("apt-get install dataset-fashion-mnist", "torchvision", "data.root", "FMNIST_DATA"):
+    for way in ("fmnist-data", "apt-get install", "torchvision", "data.root", "FMNIST_DATA"):
         assert way in message
+
+
+def test_training_never_installs_system_packages_but_fmnist_data_may(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(sources, "_from_torchvision", lambda root, say: "offline")
+    calls = []
+    monkeypatch.setattr(sources, "_from_apt", lambda say: calls.append("apt") or "refused here")
+    with pytest.raises(DataError) as info:
+        ensure_data(tmp_path / "root")  # what training calls
+    assert calls == [] and "not tried by training: run fmnist-data" in str(info.value)
+    with pytest.raises(DataError):
+        ensure_data(tmp_path / "root", system_packages=True)  # what fmnist-data calls
+    assert calls == ["apt"]
 
 
 def test_two_processes_preparing_at_once_do_not_corrupt(tmp_path):
@@ -100,7 +113,7 @@ def test_two_processes_preparing_at_once_do_not_corrupt(tmp_path):
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outs == ["60000", "60000"]
     for spec in FILES:
-        files.check_file(raw_dir(tmp_path) / spec.name, spec, tmp_path)
+        sources.check_file(raw_dir(tmp_path) / spec.name, spec, tmp_path)
     assert not list(raw_dir(tmp_path).glob("*.part"))
 
 

@@ -409,10 +409,9 @@ def test_stopping_a_sweeps_parent_stops_every_worker_and_resumes(tmp_path, launc
     ]
     proc = start(args, cwd=tmp_path, new_group=True)
     wait_for_first_epochs(sweep, 2, proc)
-    from fmnist.rundir import pid_alive
-    from fmnist.sweep import descendants
+    from fmnist.locking import children, pid_alive
 
-    workers = descendants(proc.pid)
+    workers = children(proc.pid)
     assert workers, f"{launcher} started no worker processes"
     os.kill(proc.pid if target == "parent" else -proc.pid, sig)
     out, _ = proc.communicate(timeout=120)

@@ -138,17 +138,20 @@ def test_a_dirty_tree_saves_its_diff_and_no_git_still_works(tmp_path, monkeypatc
     (repo / "code.py").write_text("a = 1\n")
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
-    monkeypatch.setattr(provenance, "SOURCE", repo)
+    monkeypatch.setattr(provenance, "checkout", lambda: repo)
     clean, diff = provenance.git_state()
     assert clean["dirty"] is False and diff == "" and len(clean["commit"]) == 40
     (repo / "code.py").write_text("a = 2\n")
     dirty, diff = provenance.git_state()
     assert dirty["dirty"] is True and "-a = 1" in diff and "+a = 2" in diff
     assert provenance.short({"git": dirty}) == dirty["commit"][:7] + "+dirty"
-    monkeypatch.setattr(provenance, "SOURCE", tmp_path / "not-a-repo")
+    monkeypatch.setattr(provenance, "checkout", lambda: tmp_path / "not-a-repo")
     (tmp_path / "not-a-repo").mkdir()
     outside, diff = provenance.git_state()
     assert outside["commit"] is None and provenance.short({"git": outside}) == "no-git"
+    monkeypatch.setattr(provenance, "checkout", lambda: None)  # installed from a wheel
+    installed, diff = provenance.git_state()
+    assert installed["commit"] is None and installed["source"] == str(provenance.PACKAGE)
 
 
 def test_checkpoint_alone_evaluates_and_predicts_like_the_run(trained_run, tmp_path):

@@ -171,3 +171,32 @@ def test_same_seed_same_results(cfg_quick, tmp_path):
         return [{k: v for k, v in r.items() if "duration" not in k and k != "run"} for r in rs]  # noqa: E731
 
     assert strip(rows[0]) == strip(rows[1])
+
+
+class OutputsProbe(Callback):
+    """Records, each epoch, whether the evaluations kept probabilities and misclassified images."""
+
+    seen: list = []
+
+    def __init__(self, ask_at: int = 0):
+        self.ask_at = ask_at
+
+    def wants_outputs(self, state):
+        return state.epoch == self.ask_at
+
+    def on_epoch_end(self, state, row):
+        test = state.evals["test"]
+        OutputsProbe.seen.append(("probs" in test, len(test["wrong_images"]) > 0))
+
+
+@pytest.mark.parametrize(
+    ("ask_at", "expected"), [(0, [(False, False)] * 2), (2, [(False, False), (True, True)])]
+)
+def test_the_loop_keeps_outputs_only_for_a_callback_that_asks(cfg_quick, ask_at, expected):
+    with open_dict(cfg_quick):
+        cfg_quick.callbacks = {
+            "probe": {"_target_": "tests.test_tracker.OutputsProbe", "ask_at": ask_at}
+        }
+    OutputsProbe.seen.clear()
+    train(cfg_quick)
+    assert OutputsProbe.seen == expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fmnist.engine.state import RunState
+from fmnist.state import RunState
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ class Callback:
     def on_run_end(self, state: RunState) -> None: ...
 
     def on_exception(self, state: RunState, exc: BaseException) -> None: ...
+
+    def wants_outputs(self, state: RunState) -> bool:
+        """Whether this epoch's evaluation should keep every probability and a few misclassified
+        images (figures, PR curves). Off unless a callback asks: they cost time and memory."""
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -68,6 +73,9 @@ class Tracker(Callback):
     def on_run_end(self, state: RunState) -> None:
         for cb in self.callbacks:
             cb.on_run_end(state)
+
+    def wants_outputs(self, state: RunState) -> bool:
+        return any(cb.wants_outputs(state) for cb in self.callbacks)
 
     def on_exception(self, state: RunState, exc: BaseException) -> None:
         for cb in self.callbacks:

@@ -27,8 +27,7 @@ class EarlyStopping(Callback):
         if state.monitor is None:
             return
         value = row[state.monitor]
-        shifted = value - self.min_delta if "loss" not in state.monitor else value + self.min_delta
-        if self.best is None or better(state.monitor, shifted, self.best):
+        if better(state.monitor, value, self.best, self.min_delta):
             self.best, self.wait = value, 0
             return
         self.wait += 1

@@ -106,6 +106,12 @@ class TensorBoardCallback(Callback):
         except Exception as exc:  # tracing is best effort: some models don't trace
             log.warning("could not log the network graph: %s", exc)
 
+    def wants_outputs(self, state: RunState) -> bool:
+        """Figures are drawn at the end and every `figure_interval` epochs (an early stop at
+        another epoch draws them without PR curves and misclassified images)."""
+        last = state.epoch == state.cfg.epochs
+        return last or bool(self.figure_interval and state.epoch % self.figure_interval == 0)
+
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         w, epoch = self.writer, state.epoch
         for tag, column in SCALARS.items():
@@ -129,7 +135,7 @@ class TensorBoardCallback(Callback):
             w.add_image(
                 "ConfusionMatrix/test", confusion_image(test["confusion"]), epoch, dataformats="HWC"
             )
-            if len(test["wrong_images"]):
+            if len(test.get("wrong_images", ())):
                 grid = misclassified_image(
                     test["wrong_images"], test["wrong_preds"], test["wrong_targets"]
                 )

@@ -8,7 +8,7 @@ accuracy of the checkpoint that objective selected; csv/json/md files and a plot
 """
 
 from fmnist.compare.report import main, plot, render, report, write
-from fmnist.compare.table import Summary, across_seeds, find_runs, load_run, selected, summarize
+from fmnist.compare.table import Summary, across_seeds, find_runs, load_run, summarize
 
 __all__ = [
     "Summary",
@@ -19,7 +19,6 @@ __all__ = [
     "plot",
     "render",
     "report",
-    "selected",
     "summarize",
     "write",
 ]

@@ -13,17 +13,15 @@ import pandas as pd
 from fmnist.compare.table import SORT_KEYS, Summary, summarize
 from fmnist.console import closed_pipe_is_fine
 from fmnist.files import write_json, write_text
-
-METRIC_FORMATS = {"accuracy": "{:.4f}", "loss": "{:.4f}", "duration_s": "{:.1f}"}
+from fmnist.metrics import column_format, direction
 
 
 def _fmt(value: Any, column: str = "") -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "-"
     if isinstance(value, float):
-        for suffix, fmt in METRIC_FORMATS.items():
-            if column.endswith(suffix):
-                return fmt.format(value)
+        if direction(column) is not None:  # a metric column
+            return column_format(column).format(value)
         return f"{value:g}"  # hyperparameters as typed: 0.001, 1e+12, 100
     return str(value)
 

@@ -17,10 +17,9 @@ import pandas as pd
 from fmnist import provenance, rundir
 from fmnist.files import read_json
 from fmnist.hparams import DERIVED
-from fmnist.metrics import METRIC_NAMES, OBJECTIVES
+from fmnist.metrics import METRIC_NAMES, OBJECTIVES, direction, select
 
 SORT_KEYS = ("objective", "test_accuracy", "last_test_accuracy", "train_loss", "duration_s", "run")
-ASCENDING = {"train_loss", "duration_s", "run", "val_loss"}
 
 
 @dataclass
@@ -89,16 +88,6 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
     }
 
 
-def selected(history: list[dict[str, Any]], monitor: str | None) -> dict[str, Any]:
-    """The epoch the objective selects (the first of equals, as best.pt does); the last without one."""
-    if not history:
-        return {}
-    if monitor is None or not all(isinstance(h.get(monitor), int | float) for h in history):
-        return history[-1]
-    sign = 1 if OBJECTIVES[monitor] == "max" else -1
-    return max(history, key=lambda h: (sign * h[monitor], -h["epoch"]))
-
-
 def summarize(
     path: str | Path,
     sort: str | None = None,
@@ -131,7 +120,7 @@ def summarize(
         history = (
             r["history"] if epoch is None else [h for h in r["history"] if h["epoch"] <= epoch]
         )
-        last, chosen = (history[-1] if history else {}), selected(history, monitor)
+        last, chosen = (history[-1] if history else {}), select(history, monitor)
         row = {"run": r["run"], **{k: r["hparams"].get(k) for k in varying}}
         if monitor:
             row[monitor] = chosen.get(monitor)
@@ -159,7 +148,7 @@ def summarize(
         sort = monitor or "test_accuracy"
     if sort not in table.columns:
         raise ValueError(f"--sort {sort}: not a column; choose one of {', '.join(table.columns)}")
-    ascending = sort in ASCENDING
+    ascending = sort == "run" or direction(sort) == "min"  # run names A to Z
     table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
     table = table.reset_index(drop=True)
     seeds = across_seeds(table, varying, monitor)

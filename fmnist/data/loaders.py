@@ -115,7 +115,7 @@ class TorchvisionLoader:
     ):
         from torchvision import datasets, transforms
 
-        from fmnist.data.files import verify_raw
+        from fmnist.data.sources import verify_raw
 
         verify_raw(root)  # torchvision reads the raw files itself: check every byte first
         dataset = datasets.FashionMNIST(root, train=train, transform=transforms.ToTensor())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmnist.data.files import FILES, DataError, check_file, ensure_data, file_lock, raw_dir
+from fmnist.data.sources import FILES, DataError, check_file, ensure_data, file_lock, raw_dir
 
 log = logging.getLogger(__name__)
 CACHE_NAME = "fmnist-uint8.pt"

@@ -3,23 +3,42 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from fmnist import CLASSES
 from fmnist.callbacks.base import Tracker
 from fmnist.callbacks.status import StatusCallback
+from fmnist.config import ConfigError
 from fmnist.data import build_data
 from fmnist.engine.graphs import load_optimizer_state, optimizer_options, want_graphs
-from fmnist.engine.state import RunState, set_rng_state
-from fmnist.models import build_model, count_parameters, model_spec
+from fmnist.models import build_model, check_fits_the_data, count_parameters, model_spec
 from fmnist.runtime import configure, decide_bf16, pick_device, seed_everything
+from fmnist.state import RunState, set_rng_state
 
 log = logging.getLogger("fmnist")
+
+
+@contextmanager
+def refused_as(key: str, choice: Any) -> Iterator[None]:
+    """A value that composes but that torch or a callback refuses when built (momentum=-1,
+    pct_start=2, patience=0): one ConfigError naming the config node, not a traceback."""
+    try:
+        yield
+    except (InstantiationException, ValueError, TypeError) as exc:
+        cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        if reason.startswith(f"{key}."):
+            raise ConfigError(reason) from None  # it names its key already
+        raise ConfigError(f"{key} ({choice}): {reason}; check the values of {key}.*") from None
 
 
 def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunState:
@@ -31,7 +50,9 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunSta
         cfg.data, cfg.batch_size, cfg.shuffle, cfg.seed, device, cfg.runtime.channels_last
     )
     spec = model_spec(cfg.model)
-    model = build_model(spec).to(device)  # only this package's models (fmnist/models/)
+    model = build_model(spec)  # only this package's models (fmnist/models/)
+    check_fits_the_data(model, spec, len(CLASSES))
+    model = model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = None
@@ -40,15 +61,19 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunSta
             model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema.decay), use_buffers=True
         )
     graphs = want_graphs(cfg, device)
-    optimizer = instantiate(cfg.optimizer)(model.parameters(), **optimizer_options(cfg, graphs))
+    with refused_as("optimizer", cfg.choices.optimizer):
+        optimizer = instantiate(cfg.optimizer)(model.parameters(), **optimizer_options(cfg, graphs))
     batches = min(len(data.train), cfg.limit_train_batches or len(data.train))
-    scheduler = (
-        instantiate(cfg.scheduler)(optimizer, total_steps=cfg.epochs * batches)
-        if cfg.scheduler
-        else None
-    )
+    scheduler = None
+    if cfg.scheduler:
+        with refused_as("scheduler", cfg.choices.scheduler):
+            scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=cfg.epochs * batches)
     # status.json last: it records an epoch only once that epoch's results and checkpoint exist
-    named = {name: instantiate(c) for name, c in cfg.callbacks.items() if c}
+    named = {}
+    for name, node in cfg.callbacks.items():
+        if node:
+            with refused_as(f"callbacks.{name}", name):
+                named[name] = instantiate(node)
     tracker = Tracker({**named, "status": StatusCallback()})
     hparams["params"] = count_parameters(model)
     log.info(

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+from fmnist import metrics
 from fmnist.callbacks.base import Tracker
 from fmnist.engine.signals import StopOnSignal
-from fmnist.engine.state import RunState
 from fmnist.engine.step import Step, check_finite, make_step
-from fmnist.metrics import better, evaluate
+from fmnist.metrics import evaluate
 from fmnist.rundir import write_traceback
+from fmnist.state import RunState
 
 log = logging.getLogger("fmnist")
 
@@ -30,7 +31,7 @@ def fit(run: RunState, tracker: Tracker, stop: StopOnSignal | None = None) -> di
             run.epoch, run.epoch_start = epoch, time.perf_counter()
             tracker.on_epoch_start(run)
             train_epoch(run, step, tracker, stop)
-            tracker.on_epoch_end(run, end_epoch(run))
+            tracker.on_epoch_end(run, end_epoch(run, tracker.wants_outputs(run)))
             stop.check()
             if run.should_stop:
                 log.info("stopping after epoch %d: %s", epoch, run.should_stop)
@@ -62,13 +63,14 @@ def train_epoch(run: RunState, step: Step, tracker: Tracker, stop: StopOnSignal)
         stop.check()
 
 
-def end_epoch(run: RunState) -> dict[str, Any]:
-    """Evaluate, select (on validation only), and build this epoch's results row."""
+def end_epoch(run: RunState, keep: bool) -> dict[str, Any]:
+    """Evaluate, select (on validation only), and build this epoch's results row. `keep`: the
+    evaluations also keep probabilities and misclassified images (a callback asked for them)."""
     cfg, data, model = run.cfg, run.data, run.eval_model
     check_finite(run, f"in epoch {run.epoch}")
     seen, train_correct = run.running_seen, int(run.running_correct.item())
     run.evals["test"] = evaluate(
-        model, data.test, cfg.limit_test_batches, tta=cfg.tta, keep_outputs=True
+        model, data.test, cfg.limit_test_batches, 32 if keep else 0, cfg.tta, keep_outputs=keep
     )
     row: dict[str, Any] = {
         "run": run.name,
@@ -81,7 +83,7 @@ def end_epoch(run: RunState) -> dict[str, Any]:
         "test_num_correct": run.evals["test"]["num_correct"],
     }
     if data.val is not None:
-        run.evals["val"] = evaluate(model, data.val, keep_wrong=0, tta=cfg.tta, keep_outputs=True)
+        run.evals["val"] = evaluate(model, data.val, keep_wrong=0, tta=cfg.tta, keep_outputs=keep)
         row |= {"val_loss": run.evals["val"]["loss"], "val_accuracy": run.evals["val"]["accuracy"]}
     row["lr_current"] = run.optimizer.param_groups[0]["lr"]
     now = time.perf_counter()
@@ -89,19 +91,19 @@ def end_epoch(run: RunState) -> dict[str, Any]:
     row["run_duration"] = run.previous_duration + now - run.run_start
     row |= {k: v for k, v in run.hparams.items() if k not in row}
     run.history.append(row)
-    select(run, row)
+    select(run)
     return row
 
 
-def select(run: RunState, row: dict[str, Any]) -> None:
+def select(run: RunState) -> None:
     """best.pt follows the objective on validation; with no validation split, the last epoch."""
-    if run.monitor is None or better(run.monitor, row[run.monitor], run.best.get("value")):
-        run.best = {
-            "metric": run.monitor,
-            "value": row[run.monitor] if run.monitor else None,
-            "epoch": run.epoch,
-            "test_accuracy": row["test_accuracy"],
-        }
+    chosen = metrics.select(run.history, run.monitor)
+    run.best = {
+        "metric": run.monitor,
+        "value": chosen[run.monitor] if run.monitor else None,
+        "epoch": chosen["epoch"],
+        "test_accuracy": chosen["test_accuracy"],
+    }
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from fmnist.engine.loop import fit
 from fmnist.engine.signals import StopOnSignal, check_not_stopped
 from fmnist.hparams import flat_hparams
 from fmnist.models import check_spec, model_spec
+from fmnist.rundir import RunDirectory
 
 log = logging.getLogger("fmnist")
 
@@ -26,41 +27,39 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     check_spec(model_spec(cfg.model))  # only this package's models, before anything is touched
     check_not_stopped()
     run_dir = Path(cfg.output_dir)
-    with StopOnSignal() as stop:  # from the claim on, a signal stops the run at its next batch
-        rundir.claim(run_dir)  # before anything is written: a second process is refused here
-        return _train(cfg, run_dir, stop, overrides or [])
+    # from the claim on, a signal stops the run at its next batch; the claim comes before
+    # anything is written: a second process is refused there
+    with StopOnSignal() as stop, RunDirectory(run_dir) as directory:
+        return _train(cfg, directory, stop, overrides or [])
 
 
-def _train(cfg: DictConfig, run_dir: Path, stop: StopOnSignal, overrides: list[str]) -> dict:
-    log_handler = None
-    try:
-        hparams = flat_hparams(cfg)
-        plan = rundir.plan_run(run_dir, hparams, cfg.epochs)
-        if plan.action == "complete":
-            status = plan.status
-            log.info(
-                "%s already completed %d epochs (selected epoch %s, test accuracy %s): nothing to do",
-                run_dir,
-                status["last_epoch"],
-                (status.get("best") or {}).get("epoch"),
-                status.get("test_accuracy"),
-            )
-            return {
-                "test_accuracy": status.get("test_accuracy"),
-                "objective": status.get("objective"),
-                "skipped": True,
-            }
-        log_handler = rundir.open_log(run_dir)  # from here on this run writes into run_dir
-        rundir.write_hydra_files(run_dir, cfg)
-        if plan.stale:
-            rundir.clear_outputs(run_dir)
-        run = build_run(cfg, run_dir, hparams)
-        if plan.action == "resume":
-            restore(run, plan.checkpoint)
-        record, diff = provenance.collect(run.device, run.threads, overrides, bf16=run.bf16_reason)
-        run.provenance = rundir.write_provenance(run_dir, record, diff)
-        return fit(run, run.tracker, stop)
-    finally:
-        if log_handler is not None:
-            rundir.close_log(log_handler)
-        rundir.release(run_dir)
+def _train(
+    cfg: DictConfig, directory: RunDirectory, stop: StopOnSignal, overrides: list[str]
+) -> dict:
+    run_dir = Path(cfg.output_dir)
+    hparams = flat_hparams(cfg)
+    plan = directory.plan(hparams, cfg.epochs)
+    if plan.action == "complete":
+        status = plan.status
+        log.info(
+            "%s already completed %d epochs (selected epoch %s, test accuracy %s): nothing to do",
+            run_dir,
+            status["last_epoch"],
+            (status.get("best") or {}).get("epoch"),
+            status.get("test_accuracy"),
+        )
+        return {
+            "test_accuracy": status.get("test_accuracy"),
+            "objective": status.get("objective"),
+            "skipped": True,
+        }
+    directory.open_log()  # from here on this run writes into run_dir
+    rundir.write_hydra_files(run_dir, cfg)
+    if plan.stale:
+        rundir.clear_outputs(run_dir)
+    run = build_run(cfg, run_dir, hparams)
+    if plan.action == "resume":
+        restore(run, plan.checkpoint)
+    record, diff = provenance.collect(run.device, run.threads, overrides, bf16=run.bf16_reason)
+    run.provenance = rundir.write_provenance(run_dir, record, diff)
+    return fit(run, run.tracker, stop)

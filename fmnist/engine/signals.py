@@ -12,9 +12,6 @@ from typing import Any
 ECHO_S = 2.0  # a signal of the other kind this soon after the first is the same request
 
 
-STOPPED: int | None = None  # the signal this process was stopped by: it starts no further run
-
-
 class RunInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM: the run stopped at a batch boundary after saving what it had."""
 
@@ -26,10 +23,18 @@ class RunInterrupted(KeyboardInterrupt):
         return RunInterrupted, (self.signum,)
 
 
+def stopped_by() -> int | None:
+    """The signal that stopped an earlier run of this process, if any. A stopped run leaves its
+    handler installed (`StopOnSignal.__exit__`), so the handler's owner is the one record."""
+    owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return owner.signum if isinstance(owner, StopOnSignal) else None
+
+
 def check_not_stopped() -> None:
     """A sweep worker that was told to stop takes no further job (it would run to the end)."""
-    if STOPPED is not None:
-        raise RunInterrupted(STOPPED)
+    signum = stopped_by()
+    if signum is not None:
+        raise RunInterrupted(signum)
 
 
 class StopOnSignal:
@@ -55,8 +60,6 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        global STOPPED
-        STOPPED = signum
         if self.signum is not None:
             echo = signum != self.signum and time.monotonic() - self._at < ECHO_S
             if echo and not self._echoed:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fmnist.engine.graphs import GraphedStep
-from fmnist.engine.state import RunState
+from fmnist.state import RunState
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 

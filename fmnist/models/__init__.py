@@ -13,6 +13,7 @@ import inspect
 import pkgutil
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -62,8 +63,34 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     target, kwargs = spec["target"], spec.get("kwargs") or {}
     try:
         return REGISTRY[target](**kwargs)
-    except TypeError as exc:
-        raise ModelError(f"model {target}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # an unknown argument, or a value torch refuses
+        raise ModelError(f"model {target}: {str(exc).splitlines()[0]}") from exc
+
+
+def check_fits_the_data(model: nn.Module, spec: dict[str, Any], classes: int) -> None:
+    """One forward pass of two blank 1x28x28 images before training: model arguments that
+    contradict the data (num_classes, a width of 0, too many poolings) fail here in one line."""
+    kwargs = spec.get("kwargs") or {}
+    if kwargs.get("num_classes", classes) != classes:
+        raise ModelError(
+            f"model.num_classes={kwargs['num_classes']} is invalid: Fashion-MNIST has {classes} "
+            f"classes (leave it at {classes})"
+        )
+    described = ", ".join(f"model.{k}={v}" for k, v in kwargs.items())
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            out = model(torch.zeros(2, 1, 28, 28))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise ModelError(f"{described} cannot take 28x28 images: {first}") from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (2, classes):
+        raise ModelError(
+            f"{described} gives outputs of shape {tuple(out.shape)[1:]}, not {classes}"
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

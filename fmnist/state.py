@@ -5,13 +5,17 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from fmnist import CLASSES
+
+if TYPE_CHECKING:  # types only: the tracker and the data import this module, not the reverse
+    from fmnist.callbacks.base import Tracker
+    from fmnist.data.loaders import FashionMNISTData
 
 CHECKPOINT_FORMAT = 2  # 2: self-describing (model config, classes, input, provenance)
 INPUT = {"shape": [1, 28, 28], "scale": "pixel / 255", "background": "dark", "dtype": "float32"}
@@ -27,13 +31,13 @@ class RunState:
     hparams: dict[str, Any]  # flat, plain values: what varies between runs
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    data: Any  # FashionMNISTData
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    data: FashionMNISTData
     device: torch.device
     model_config: dict[str, Any]  # {"target", "kwargs"}: enough to rebuild the model
     monitor: str | None  # the objective (val_accuracy...); None = no validation, no selection
     batches_per_epoch: int
-    tracker: Any = None  # the Tracker: its callbacks' states go into checkpoints
+    tracker: Tracker | None = None  # its callbacks' states go into checkpoints
     ema: torch.optim.swa_utils.AveragedModel | None = None  # evaluated instead of `model`
     graphs: bool = False  # training steps replayed as a CUDA graph (engine/graphs.py)
     bf16: bool = False

@@ -2,13 +2,13 @@
 
 Order of sources when files are missing: already under `root`; Debian's `dataset-fashion-mnist`
 (`/usr/share/datasets/fashion-mnist`, recompressed, so torchvision's gz md5 list does not apply);
-torchvision's download; `apt-get install dataset-fashion-mnist` when root on Debian. Files that are
+torchvision's download; `apt-get install dataset-fashion-mnist` when root on Debian, only
+from `fmnist-data` (training never installs system packages). Files that are
 present but truncated or corrupt are never used nor silently replaced: the error says how to fix.
 """
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import logging
@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from fmnist.locking import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +115,15 @@ def sha256(path: Path) -> str:
 
 
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, wait_s: float = 3600.0) -> Iterator[None]:
     """Exclusive lock across processes, so sweep jobs never prepare the data at the same time."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(path)
+    lock.acquire(wait_s)  # another job preparing the data: wait for it
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _missing(root: Path) -> list[IdxFile]:
@@ -171,9 +173,13 @@ def _from_apt(say: Callable[[str], None]) -> str | None:
 
 
 def ensure_data(
-    root: str | Path, download: bool = True, say: Callable[[str], None] = log.info
+    root: str | Path,
+    download: bool = True,
+    say: Callable[[str], None] = log.info,
+    system_packages: bool = False,
 ) -> Path:
-    """Make sure the four checked IDX files are under `root`; return their directory."""
+    """Make sure the four checked IDX files are under `root`; return their directory.
+    Only `fmnist-data` (`system_packages=True`) may install Debian's package; training never."""
     root = Path(root)
     with file_lock(root / ".fmnist-prepare.lock"):
         for spec in FILES:  # present files must be right: never train on partial data
@@ -192,7 +198,9 @@ def ensure_data(
             pass
         else:
             tried.append(f"torchvision download failed ({err})")
-            apt_err = _from_apt(say)
+            apt_err = (
+                _from_apt(say) if system_packages else "not tried by training: run fmnist-data"
+            )
             if apt_err is None and _from_debian(root, say):
                 pass
             else:
@@ -202,7 +210,8 @@ def ensure_data(
             raise DataError(
                 f"Fashion-MNIST not found ({names} missing under {raw_dir(root)}; "
                 + "; ".join(tried)
-                + "). Fix one of: put the four IDX files (or .gz) in that folder; "
+                + "). Fix one of: `fmnist-data` (or `make data`) fetches and checks them; "
+                "put the four IDX files (or .gz) in that folder; "
                 f"`apt-get install dataset-fashion-mnist` (Debian, files in {DEBIAN_DIR}); "
                 "allow network access for torchvision's download; or set data.root / FMNIST_DATA "
                 "to a folder that has them."
