@@ -29,12 +29,12 @@ test: install  ## the whole test suite, on the real data
 	$(BIN)/python -m pytest $(ARGS)
 
 lint:
-	$(BIN)/ruff check fmnist tests scripts train.py
-	$(BIN)/ruff format --check fmnist tests scripts train.py
+	$(BIN)/ruff check fmnist hydra_plugins tests scripts train.py
+	$(BIN)/ruff format --check fmnist hydra_plugins tests scripts train.py
 
 format:
-	$(BIN)/ruff format fmnist tests scripts train.py
-	$(BIN)/ruff check --fix fmnist tests scripts train.py
+	$(BIN)/ruff format fmnist hydra_plugins tests scripts train.py
+	$(BIN)/ruff check --fix fmnist hydra_plugins tests scripts train.py
 
 tensorboard: $(STAMP)  ## serve outputs/ on 127.0.0.1 only
 	LOGDIR=$(LOGDIR) PORT=$(PORT) TENSORBOARD=$(BIN)/tensorboard scripts/tensorboard.sh

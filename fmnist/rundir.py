@@ -67,13 +67,32 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 
 def liveness(status: dict[str, Any] | None) -> str:
     """running, completed, failed, interrupted; `crashed` for a dead process still 'running'."""
+    return where_running(status)[0]
+
+
+def where_running(status: dict[str, Any] | None) -> tuple[str, str]:
+    """(state, how we know) of a run, read from any host. A 'running' run on this host is alive
+    if its pid is; on another host, Slurm's view of its job decides where there is one (ended:
+    `crashed`); without one it stays `running`, said to be unverifiable from here."""
     if status is None:
-        return "unknown"
+        return "unknown", ""
     state = str(status.get("status", "unknown"))
-    here = status.get("host") == socket.gethostname()
-    if state == "running" and here and not pid_alive(status.get("pid")):
-        return "crashed"
-    return state
+    if state != "running":
+        return state, ""
+    host, job = status.get("host"), status.get("slurm_job")
+    if host == socket.gethostname():
+        return ("running", "") if pid_alive(status.get("pid")) else ("crashed", "")
+    where = f"running on {host}" + (f" (Slurm job {job})" if job else "")
+    if not job:
+        return "running", f"{where}; cannot be checked from here"
+    from fmnist.slurm import slurm_states  # noqa: PLC0415  (only for runs on another host)
+
+    slurm = slurm_states([str(job)]).get(str(job))
+    if slurm is None:
+        return "running", f"{where}; Slurm does not answer here"
+    if slurm in ("RUNNING", "PENDING", "REQUEUED", "SUSPENDED", "CONFIGURING", "COMPLETING"):
+        return "running", where
+    return "crashed", f"Slurm job {job} ended ({slurm}) on {host} while the run was 'running'"
 
 
 # --- ownership ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from fmnist.files import read_json
 from fmnist.locking import children
 from fmnist.rundir import owner, read_status, write_status
 
@@ -129,6 +130,18 @@ class SweepReport(Callback):
         if self.sweep_dir is None or self.reported:
             return
         self.reported = True
+        from fmnist.slurm import JOBS_FILE
+
+        try:
+            submitted = read_json(self.sweep_dir / JOBS_FILE)
+        except (OSError, ValueError):
+            submitted = {}
+        if isinstance(submitted, dict) and submitted.get("wait") is False:
+            print(
+                f"{len(submitted.get('jobs') or {})} job(s) submitted to Slurm (array "
+                f"{submitted.get('array')}); see how they do with: fmnist-compare {self.sweep_dir}"
+            )
+            return
         from fmnist.compare import report
 
         print(f"\n=== sweep summary: {self.sweep_dir} ===", flush=True)

@@ -133,3 +133,46 @@ def trained_run(tmp_path_factory, data_root) -> Path:
         cwd=cwd,
     )
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Path:
+    """A real single-node Slurm cluster (scripts/slurm-local.sh: munge, MariaDB, slurmdbd,
+    slurmctld, slurmd), started once for the tests that need it and stopped by pid at the end.
+    Skips with the reason where it cannot start (not root, Slurm not installed)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root")
+    if shutil.which("slurmctld") is None:
+        pytest.skip(
+            "Slurm is not installed: scripts/slurm-local.sh install (.ci/run does, as root)"
+        )
+    import tempfile
+
+    # not under pytest's own folder: munged runs as user munge and must reach its files
+    folder = Path(tempfile.mkdtemp(prefix="fmnist-slurm-"))
+    script = ROOT / "scripts" / "slurm-local.sh"
+    done = subprocess.run(
+        [str(script), "start", str(folder)], capture_output=True, text=True, timeout=180
+    )
+    if done.returncode != 0:
+        subprocess.run([str(script), "stop", str(folder)], capture_output=True, timeout=120)
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"the local Slurm cluster did not start: {reason}")
+    yield folder
+    subprocess.run([str(script), "stop", str(folder)], capture_output=True, timeout=120)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm(slurm_cluster: Path, monkeypatch) -> list[str]:
+    """The cluster's SLURM_CONF for this test's subprocesses, and the launcher overrides that fit
+    a 2-core node (one CPU and 1 GB a job)."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster / "etc" / "slurm.conf"))
+    return [
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+    ]

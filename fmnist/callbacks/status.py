@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import sys
 from typing import Any
+
+import psutil
 
 from fmnist.callbacks.base import Callback, RunState
 from fmnist.rundir import now, write_status
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (MiB)."""
+    """This process's peak resident memory so far (MiB); the current one where the OS keeps no
+    peak for us (no `resource` module: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return round(psutil.Process().memory_info().rss / 2**20, 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def slurm_job_id() -> str | None:
+    """This process's Slurm job (`1234_5` for an array task), or None outside Slurm."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
 
 
 class StatusCallback(Callback):
@@ -33,6 +47,7 @@ class StatusCallback(Callback):
             monitor=state.monitor,
             pid=os.getpid(),
             host=socket.gethostname(),
+            slurm_job=slurm_job_id(),
         )
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:

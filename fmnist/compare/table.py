@@ -58,8 +58,7 @@ def _history(run_dir: Path) -> list[dict[str, Any]] | None:
 def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
     status = rundir.read_status(run_dir)
     history = _history(run_dir)
-    state = rundir.liveness(status)
-    reason = ""
+    state, reason = rundir.where_running(status)
     if history is None or (status is None and (run_dir / rundir.STATUS).exists()):
         state, reason, history = (
             "unreadable",
@@ -85,7 +84,36 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "history": history,
         "monitor": monitor,
         "commit": provenance.short(rundir.read_provenance(run_dir)),
+        "slurm_job": (status or {}).get("slurm_job"),
     }
+
+
+def slurm_jobs_not_started(root: Path, seen: set[Path]) -> list[dict[str, Any]]:
+    """Jobs of a Slurm sweep (its slurm_jobs.json) that have no run directory yet, with Slurm's
+    state of each (pending, or ended before the run began)."""
+    from fmnist.slurm import JOBS_FILE, slurm_states
+
+    try:
+        jobs = read_json(root / JOBS_FILE)["jobs"]
+        entries = [(str(j["job_id"]), Path(j["dir"])) for j in jobs.values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    missing = [(job, d) for job, d in entries if d not in seen]
+    states = slurm_states([job for job, _ in missing])
+    return [
+        {
+            "run": str(d.relative_to(root)) if d.is_relative_to(root) else d.name,
+            "dir": d,
+            "status": (states.get(job) or "submitted").split()[0].lower(),
+            "reason": f"Slurm job {job} {states.get(job) or '(Slurm does not answer here)'}",
+            "hparams": {},
+            "history": [],
+            "monitor": None,
+            "commit": "",
+            "slurm_job": job,
+        }
+        for job, d in missing
+    ]
 
 
 def summarize(
@@ -101,6 +129,7 @@ def summarize(
     if top is not None and top < 1:
         raise ValueError(f"--top {top}: must be 1 or more")
     runs = [load_run(d, root) for d in find_runs(root)]
+    runs += slurm_jobs_not_started(root, {r["dir"] for r in runs})
     if not runs:
         raise ValueError(f"no runs under {root} (looked for status.json / results.json)")
     keys = sorted({k for r in runs for k in r["hparams"]})
@@ -115,6 +144,9 @@ def summarize(
     if len(monitors) > 1:  # mixed objectives cannot be ranked together
         monitor = None
     commits = {r["commit"] for r in runs}
+    from fmnist.slurm import slurm_states
+
+    slurm = slurm_states(sorted({str(r["slurm_job"]) for r in runs if r.get("slurm_job")}))
     rows, curves = [], {}
     for r in runs:
         history = (
@@ -134,6 +166,9 @@ def summarize(
             "duration_s": last.get("run_duration"),
             "status": r["status"],
         }
+        if slurm:  # Slurm's own view of each job, where sacct or squeue answers
+            job = r.get("slurm_job")
+            row["slurm"] = f"{job} {slurm.get(str(job), '?')}" if job else "-"
         if len(commits) > 1:
             row["commit"] = r["commit"]
         if r["reason"]:

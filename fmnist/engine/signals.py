@@ -10,6 +10,9 @@ import time
 from typing import Any
 
 ECHO_S = 2.0  # a signal of the other kind this soon after the first is the same request
+# submitit's signal ahead of a Slurm time limit or preemption: the run saves, then submitit's own
+# handler requeues the job (fmnist/slurm.py)
+REQUEUE = getattr(signal, "SIGUSR2", None)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -57,6 +60,8 @@ class StopOnSignal:
             return self  # only the main thread may set handlers: leave signals alone
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
+        if REQUEUE is not None and callable(signal.getsignal(REQUEUE)):  # a submitit job
+            self._previous[REQUEUE] = signal.signal(REQUEUE, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -75,6 +80,10 @@ class StopOnSignal:
 
     def __exit__(self, *exc: Any) -> None:
         if self.signum is not None:
+            requeue = self._previous.get(REQUEUE) if self.signum == REQUEUE else None
+            if callable(requeue):  # saved: now submitit requeues the job and ends this process
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Slurm's kill of the old attempt
+                requeue(self.signum, None)
             return  # stopped: this process is on its way out, and another signal still quits now
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

@@ -1,0 +1,167 @@
+"""Sweeps on a real Slurm cluster started by the tests (tests/conftest.py `slurm_cluster`):
+the README sweep as one array job, a cancelled job reported in one line and resumed by a rerun,
+a job past its time limit requeued and finished on its own, submitting without waiting, and a
+run's status read from another host."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fmnist.slurm import JOBS_FILE, slurm_states
+from tests.conftest import ROOT, run_train
+from tests.test_resume import metrics, start, wait_for_epoch
+
+pytestmark = pytest.mark.slow
+QUICK = ["limit_test_batches=1", "callbacks.progress.bar=false"]
+
+
+def jobs_of(sweep: Path) -> dict[str, dict]:
+    return json.loads((sweep / JOBS_FILE).read_text())["jobs"]
+
+
+def reference(args: list[str], tmp_path: Path, name: str) -> list[dict]:
+    """The same run, uninterrupted, on this machine with one thread (as each Slurm job has)."""
+    run_dir = tmp_path / name
+    run_train([*args, *QUICK, "runtime.threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    return metrics(run_dir)
+
+
+def test_the_readme_sweep_runs_as_one_array_job(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    grid = ["lr=0.01,0.001", "batch_size=100,1000"]
+    args = ["-m", *slurm, *grid, "epochs=1", "limit_train_batches=5", *QUICK]
+    done = run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    jobs = jobs_of(sweep)
+    ids = [j["job_id"] for j in jobs.values()]
+    assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array job
+    assert "=== sweep summary" in done.stdout and done.stdout.count("completed") >= 4
+    states = slurm_states(ids)
+    assert [states[i] for i in ids] == ["COMPLETED"] * 4
+    for job in jobs.values():
+        status = json.loads((Path(job["dir"]) / "status.json").read_text())
+        assert status["status"] == "completed" and status["slurm_job"] == job["job_id"]
+        assert ", 1 threads," in (Path(job["dir"]) / "train.log").read_text()  # cpus_per_task
+
+
+def test_a_cancelled_job_is_reported_in_one_line_and_a_rerun_resumes_it(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    run = ["epochs=2", "limit_train_batches=300"]
+    args = ["-m", *slurm, "lr=0.01,0.001", *run, *QUICK, f"hydra.sweep.dir={sweep}"]
+    proc = start(args, cwd=tmp_path)
+    victim = sweep / "epochs=2,lr=0.001"
+    wait_for_epoch(victim, 1, proc, timeout=300)
+    job = next(j["job_id"] for j in jobs_of(sweep).values() if Path(j["dir"]) == victim)
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    line = next(x for x in out.splitlines() if x.startswith("  epochs=2,lr=0.001:"))
+    assert f"Slurm job {job} CANCELLED" in line and ".submitit" in line and "log:" in line
+    status = json.loads((victim / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["slurm_state"].startswith("CANCELLED")
+    run_train(args, cwd=tmp_path, timeout=600)  # the same command: it resumes the job
+    assert "resuming" in (victim / "train.log").read_text()
+    assert metrics(victim) == reference(["lr=0.001", *run], tmp_path, "reference")
+
+
+def test_a_job_warned_of_its_time_limit_is_requeued_and_finishes_on_its_own(slurm, tmp_path):
+    """After epoch 1 the test sends the job SIGUSR2, the signal Slurm sends `signal_delay_s`
+    ahead of a time limit (its own timing has a resolution of 30 to 60 s, too coarse to aim at an
+    epoch). From there all is real: the run saves, submitit requeues the job through Slurm, and
+    the requeued job resumes from its checkpoint (Slurm lets a requeued job start again only
+    after 120 s, so this test takes over two minutes)."""
+    sweep = tmp_path / "sweep"
+    run = ["lr=0.01", "epochs=3", "limit_train_batches=600"]
+    limits = ["hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=30"]
+    args = ["-m", *slurm, *limits, *run, *QUICK, f"hydra.sweep.dir={sweep}"]
+    proc = start(args, cwd=tmp_path)
+    run_dir = sweep / "epochs=3,lr=0.01"
+    wait_for_epoch(run_dir, 1, proc, timeout=300)
+    (job,) = jobs_of(sweep).values()
+    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=30)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "signal 12: stopping after this batch" in Path(job["log"]).read_text()
+    assert "resuming" in log and "this job is timed-out" in Path(job["log"]).read_text(), log
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "completed" and status["last_epoch"] == 3
+    assert metrics(run_dir) == reference(run, tmp_path, "reference")
+
+
+def test_submitting_without_waiting_returns_at_once_and_compare_reports_later(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *slurm, "hydra.launcher.wait=false", "lr=0.01,0.001", "epochs=1"]
+    done = run_train(
+        [*args, "limit_train_batches=20", *QUICK, f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
+    assert "2 job(s) submitted to Slurm" in done.stdout and f"fmnist-compare {sweep}" in done.stdout
+    ids = [j["job_id"] for j in jobs_of(sweep).values()]
+    deadline = time.time() + 300
+    while set(slurm_states(ids).values()) != {"COMPLETED"}:
+        assert time.time() < deadline, slurm_states(ids)
+        time.sleep(1)
+    report = subprocess.run(
+        [sys.executable, "-m", "fmnist.compare", str(sweep), "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    assert all(f"{i} COMPLETED" in report.stdout for i in ids), report.stdout
+    assert report.stdout.count("completed") >= 2
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_a_run_on_another_host_is_never_called_crashed_while_its_job_runs(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *slurm, "lr=0.01", "epochs=3", "limit_train_batches=400", *QUICK]
+    proc = start([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    run_dir = sweep / "epochs=3,lr=0.01"
+    wait_for_epoch(run_dir, 1, proc, timeout=300)
+    job = json.loads((run_dir / "status.json").read_text())["slurm_job"]
+
+    def seen_from(host: str) -> str:
+        code = (
+            "import json, sys; from fmnist.rundir import where_running; "
+            "print(json.dumps(where_running(json.load(open(sys.argv[1])))))"
+        )
+        done = subprocess.run(
+            [
+                "unshare",
+                "--uts",
+                "sh",
+                "-c",
+                f'hostname {host} && exec "$@"',
+                "sh",
+                sys.executable,
+                "-c",
+                code,
+                str(run_dir / "status.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=os.environ,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    state, why = seen_from("login-node")
+    assert state == "running" and f"running on {socket.gethostname()} (Slurm job {job})" in why
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    proc.communicate(timeout=600)
+    status = json.loads((run_dir / "status.json").read_text())
+    status["status"] = "running"  # as a job killed outright (node failure) leaves it
+    (run_dir / "status.json").write_text(json.dumps(status))
+    state, why = seen_from("login-node")
+    assert state == "crashed" and f"Slurm job {job} ended (CANCELLED" in why
