@@ -137,8 +137,9 @@ class SweepReport(Callback):
         except (OSError, ValueError):
             submitted = {}
         if isinstance(submitted, dict) and submitted.get("wait") is False:
+            jobs = submitted.get("jobs")
             print(
-                f"{len(submitted.get('jobs') or {})} job(s) submitted to Slurm (array "
+                f"{len(jobs) if isinstance(jobs, dict) else '?'} job(s) submitted to Slurm (array "
                 f"{submitted.get('array')}); see how they do with: fmnist-compare {self.sweep_dir}"
             )
             return

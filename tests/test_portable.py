@@ -158,7 +158,7 @@ def installed(tmp_path_factory) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for name in ("fmnist", "conf"):
+    for name in ("fmnist", "conf", "hydra_plugins"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     _run(
         [
@@ -248,6 +248,19 @@ def test_the_wheel_runs_from_an_empty_folder_without_the_checkout(installed, tmp
     predicted = _run([bin_dir / "fmnist-predict", job, image, "--json"], cwd=work, env=env)
     assert json.loads(predicted.stdout)[0]["top"][0]["class"]
 
+    launcher = _run(
+        [
+            bin_dir / "fmnist-train",
+            "hydra/launcher=slurm",
+            "--cfg",
+            "hydra",
+            "-p",
+            "hydra.launcher",
+        ],
+        cwd=work,
+        env=env,
+    )
+    assert "FmnistSlurmLauncher" in launcher.stdout  # the Hydra plugin came with the wheel
     mine = work / "mine" / "experiment"  # a user's own preset, the package untouched
     mine.mkdir(parents=True)
     (mine / "tiny.yaml").write_text(
