@@ -102,6 +102,8 @@ class SweepReport(Callback):
         if job_return.status != JobStatus.FAILED:
             return
         run_dir = Path(config.hydra.runtime.output_dir)
+        if owner(run_dir) is not None:  # refused: another live process runs it, its status stays
+            return
         status = read_status(run_dir)
         if status is None or status.get("status") == "running":
             exc = job_exception(job_return)

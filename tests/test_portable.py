@@ -280,3 +280,35 @@ def test_the_wheel_runs_from_an_empty_folder_without_the_checkout(installed, tmp
         env=env,
     )
     assert json.loads((work / "own" / "status.json").read_text())["hparams"]["lr"] == 0.005
+
+
+def test_a_job_refused_by_a_live_owner_leaves_the_owners_status_alone(tmp_path):
+    """Two sweeps into one directory (say, a rerun while the cluster still runs the first): the
+    refused job's failure must not overwrite the live run's `running` status."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from fmnist.rundir import RunDirError, read_status, write_status
+    from fmnist.sweep import SweepReport
+
+    run_dir = tmp_path / "job"
+    run_dir.mkdir()
+    write_status(run_dir, status="running", last_epoch=1, pid=1)
+    code = "import sys, time; from fmnist.locking import FileLock; FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir / ".owner.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run_dir)}}})
+    refused = JobReturn(status=JobStatus.FAILED)
+    refused._return_value = RunDirError(f"{run_dir} is in use by process {holder.pid}")
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        SweepReport().on_job_end(config, refused)
+        assert read_status(run_dir)["status"] == "running"  # the owner's, untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    SweepReport().on_job_end(config, refused)  # nobody holds it: a job that died before training
+    assert read_status(run_dir)["status"] == "failed"
