@@ -84,10 +84,6 @@ class FileLock:
         self.fd: int | None = None
         self._side: Path | None = None  # the fallback's exclusive side file
 
-    @property
-    def held(self) -> bool:
-        return self.fd is not None
-
     def acquire(self, wait_s: float = RETRY_S) -> None:
         """Take the lock, retrying for `wait_s`; LockHeld naming the holder if it stays taken."""
         if self.fd is not None:

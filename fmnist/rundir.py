@@ -128,17 +128,8 @@ class RunDirectory:
         logging.getLogger().addHandler(handler)
         self._log = handler
 
-    def status(self) -> dict[str, Any] | None:
-        return read_status(self.path)
-
-    def write_status(self, **fields: Any) -> dict[str, Any]:
-        return write_status(self.path, **fields)
-
     def plan(self, hparams: dict[str, Any], epochs: int) -> Plan:
         return plan_run(self.path, hparams, epochs)
-
-    def checkpoint(self, which: str = "last") -> Path:
-        return checkpoint_path(self.path, which)
 
     def release(self) -> None:
         if self._log is not None:

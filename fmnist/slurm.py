@@ -36,9 +36,24 @@ class SlurmJobError(CompactHydraException):
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Slurm's state of each job (sacct, else squeue); {} where neither answers."""
-    if not job_ids:
-        return {}
+    """Slurm's state of each job (sacct, else squeue for jobs accounting does not know yet);
+    {} where neither answers in time."""
+    ids = ",".join(job_ids)
+    queries = (
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ids],
+        ["squeue", "-h", "-o", "%i|%T", "-j", ids],
+    )
+    for cmd in queries if job_ids else ():
+        if shutil.which(cmd[0]) is None:
+            continue
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        found = dict(line.split("|", 1) for line in done.stdout.splitlines() if "|" in line)
+        if done.returncode == 0 and found:
+            return found
+    return {}
     if shutil.which("sacct"):
         done = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
