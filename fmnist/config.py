@@ -66,6 +66,15 @@ class EMAConfig:
 
 
 @dataclass
+class TrialConfig:
+    """Set by the Optuna sweeper (hparams_search=optuna) in each job it launches; null otherwise."""
+
+    number: int | None = None  # the trial this run trains; its directory is trial_<number>
+    study: str | None = None  # hydra.sweeper.study_name
+    storage: str | None = None  # the study's storage: a journal file path or a database URL
+
+
+@dataclass
 class TrainConfig:
     lr: float = 0.01
     batch_size: int = 100
@@ -89,6 +98,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     callbacks: dict[str, Any] = field(default_factory=dict)
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -55,6 +55,8 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         out["ema.decay"] = plain["ema"]["decay"]
     if plain.get("tta"):
         out["tta"] = True
+    if (plain.get("trial") or {}).get("number") is not None:  # an Optuna search's trial
+        out["trial"] = plain["trial"]["number"]
     return out
 
 

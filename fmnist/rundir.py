@@ -192,8 +192,8 @@ def plan_run(run_dir: Path, hparams: dict[str, Any], epochs: int) -> Plan:
             f"output dir {run_dir} already holds a different run ({diff}); use another directory"
         )
     done = int(status.get("last_epoch") or 0) >= epochs or status.get("stopped_early")
-    if status.get("status") == "completed" and done:
-        return Plan("complete", status=status)
+    if (status.get("status") == "completed" and done) or status.get("status") == "pruned":
+        return Plan("complete", status=status)  # a pruned trial stays as its search left it
     if status.get("status") == "failed":
         return Plan("fresh", stale=True)
     for which in ("last", "best"):  # best.pt is the fallback when last.pt was damaged

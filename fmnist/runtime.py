@@ -102,7 +102,8 @@ def cpu_cores() -> int:
 
 
 def auto_threads() -> int:
-    """Cores this job may use: cores / joblib's n_jobs, a submitit job's cpus_per_task, else all.
+    """Cores this job may use: cores / the jobs joblib runs at once (its n_jobs, or fewer when an
+    Optuna search launches fewer), a submitit job's cpus_per_task, else all.
 
     Set in every job: oversubscribed cores (2 jobs x 2 threads on 2 cores) run ~17x slower.
     """
@@ -118,7 +119,11 @@ def auto_threads() -> int:
     n_jobs = launcher.get("n_jobs")
     if not n_jobs:
         return cores
-    return max(1, cores // (cores if n_jobs < 0 else int(n_jobs)))
+    at_once = cores if n_jobs < 0 else int(n_jobs)
+    batch = HydraConfig.get().sweeper.get("n_jobs")  # an Optuna search launches this many
+    if isinstance(batch, int) and batch >= 1:
+        at_once = min(at_once, batch)
+    return max(1, cores // at_once)
 
 
 def configure(rt: DictConfig) -> int:

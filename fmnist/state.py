@@ -57,6 +57,7 @@ class RunState:
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> evaluate() result
     best: dict[str, Any] = field(default_factory=dict)  # {"metric", "value", "epoch", ...}
     should_stop: str | None = None  # set by a callback (early stopping): why the run ends now
+    end_status: str = "completed"  # what a run that ends normally records; "pruned" by a search
 
     @property
     def resumed(self) -> bool:

@@ -44,10 +44,15 @@ def swept_keys(config: DictConfig) -> set[str]:
     return keys
 
 
+def is_search(config: DictConfig) -> bool:
+    """Whether the sweeper is an Optuna search (hparams_search=optuna)."""
+    return "optuna" in str(config.hydra.sweeper.get("_target_", ""))
+
+
 def planned_jobs(config: DictConfig) -> int | None:
     """How many jobs the sweep will have (grid product, or Optuna's n_trials); None if unknown."""
     sweeper = config.hydra.sweeper
-    if "optuna" in str(sweeper.get("_target_", "")):
+    if is_search(config):
         return int(sweeper.n_trials)
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     count = 1
@@ -73,6 +78,7 @@ class SweepReport(Callback):
     def __init__(self) -> None:
         self.sweep_dir: Path | None = None
         self.planned: int | None = None
+        self.search = False  # an Optuna search: its failed trials are final, not resumed
         self.reported = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -91,6 +97,7 @@ class SweepReport(Callback):
         ):  # a job's own handler replaces these while it runs
             signal.signal(sig, self.on_signal)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.search = is_search(config)
         try:
             self.planned = planned_jobs(config)
         except Exception:  # noqa: BLE001  (a count is a courtesy; never stop a sweep for it)
@@ -146,14 +153,25 @@ class SweepReport(Callback):
             )
             return
         from fmnist.compare import report
+        from fmnist.compare.table import find_runs
 
+        if not (self.sweep_dir / JOBS_FILE).exists() and (
+            not self.sweep_dir.is_dir() or not find_runs(self.sweep_dir)
+        ):
+            return  # refused before any job started: its error said why
         print(f"\n=== sweep summary: {self.sweep_dir} ===", flush=True)
         try:
             summary = report(self.sweep_dir)
         except (FileNotFoundError, ValueError) as exc:
             print(f"no summary: {exc}")
             return
-        failed = summary.table[summary.table["status"] != "completed"]
+        ended = summary.table["status"].isin(["completed", "pruned"])  # pruned: by a search
+        failed = summary.table[~ended]
+        pruned = summary.table[summary.table["status"] == "pruned"]
+        if len(pruned):
+            print(f"\n{len(pruned)} trial(s) pruned by the search (kept, never selected):")
+            for row in pruned.itertuples(index=False):
+                print(f"  {row.run}: {getattr(row, 'reason', '') or 'pruned'}")
         total = max(self.planned or 0, len(summary.table))
         not_started = total - len(summary.table)
         if len(failed) or not_started:
@@ -167,10 +185,12 @@ class SweepReport(Callback):
                 )
             if not_started:
                 print(f"  {not_started} job(s) not started", file=sys.stderr)
-            print(
-                f"rerun the same command with hydra.sweep.dir={self.sweep_dir} to resume",
-                file=sys.stderr,
-            )
+            cut_short = not_started or (~failed["status"].isin(["failed", "unreadable"])).any()
+            if not self.search or cut_short:  # a search keeps its failed trials as they are
+                print(
+                    f"rerun the same command with hydra.sweep.dir={self.sweep_dir} to resume",
+                    file=sys.stderr,
+                )
         sys.stdout.flush()
         sys.stderr.flush()
 

@@ -54,23 +54,6 @@ def test_submitit_local_runs_the_cluster_path(tmp_path):
     assert (sweep / ".submitit").is_dir()
 
 
-def test_optuna_search_maximizes_validation_accuracy(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweep = tmp_path / "sweep"
-    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "data.val_size=1000", *TINY]
-    done = run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
-    assert "Best value" in done.stdout + done.stderr
-    assert len(job_dirs(sweep)) == 2
-    rows = [json.loads((d / "results.json").read_text())[-1] for d in job_dirs(sweep)]
-    assert all("val_accuracy" in r for r in rows)
-    first = (sweep / "optimization_results.yaml").read_text()
-    best = float(re.search(r"best_value: ([0-9.]+)", first).group(1))
-    assert best == max(r["val_accuracy"] for r in rows)  # the objective is validation accuracy
-    again = run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # every job skipped...
-    assert (again.stdout + again.stderr).count("nothing to do") == 2
-    assert (sweep / "optimization_results.yaml").read_text() == first  # ...with the same values
-
-
 def test_slurm_config_composes_with_the_usual_fields(tmp_path):
     done = run_train(
         ["hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher"], cwd=tmp_path

@@ -165,3 +165,24 @@ def test_a_run_on_another_host_is_never_called_crashed_while_its_job_runs(slurm,
     (run_dir / "status.json").write_text(json.dumps(status))
     state, why = seen_from("login-node")
     assert state == "crashed" and f"Slurm job {job} ended (CANCELLED" in why
+
+
+def test_an_optuna_search_runs_its_trials_as_slurm_jobs(slurm, tmp_path):
+    """Two trials at once as one array job: each reports every epoch to the study's journal file
+    from its Slurm job, and the search tells the study how each ended."""
+    import optuna
+
+    from fmnist.search import JOURNAL, open_storage
+
+    sweep = tmp_path / "sweep"
+    args = [*slurm, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
+    args += ["epochs=2", "limit_train_batches=5", "data.val_size=1000", *QUICK]
+    run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    study = optuna.load_study(study_name="fmnist", storage=open_storage(str(sweep / JOURNAL)))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all(t.intermediate_values.keys() == {1, 2} for t in study.trials)
+    jobs = {Path(j["dir"]).name: j["job_id"] for j in jobs_of(sweep).values()}
+    for trial in study.trials:
+        status = json.loads((sweep / f"trial_00{trial.number}" / "status.json").read_text())
+        assert status["slurm_job"] == jobs[f"trial_00{trial.number}"]
+        assert status["objective"] == trial.value

@@ -1,4 +1,5 @@
-"""`status.json`: running, completed, failed (with the reason) or interrupted. Always on."""
+"""`status.json`: running, completed, pruned (by a search), failed (with the reason) or
+interrupted. Always on."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class StatusCallback(Callback):
         final = state.history[-1] if state.history else {}
         write_status(
             state.run_dir,
-            status="completed",
+            status=state.end_status,
             ended=now(),
             test_accuracy=final.get("test_accuracy"),
             best=state.best,

@@ -72,6 +72,8 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
     error = (status or {}).get("error")
     if isinstance(error, dict) and not reason:
         reason = f"{error.get('type')}: {error.get('message')}"
+    if state == "pruned" and not reason:
+        reason = str((status or {}).get("stopped_early") or "pruned by the search")
     monitor = (status or {}).get("monitor")
     if monitor not in OBJECTIVES:
         monitor = "val_accuracy" if any("val_accuracy" in h for h in history) else None
@@ -185,6 +187,8 @@ def summarize(
         raise ValueError(f"--sort {sort}: not a column; choose one of {', '.join(table.columns)}")
     ascending = sort == "run" or direction(sort) == "min"  # run names A to Z
     table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
+    # trials a search pruned rank after every other run: cut short, they are never the best
+    table = table.sort_values("status", key=lambda s: s == "pruned", kind="stable")
     table = table.reset_index(drop=True)
     seeds = across_seeds(table, varying, monitor)
     if top:

@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fmnist import CLASSES
 from fmnist.callbacks.base import Tracker
+from fmnist.callbacks.pruning import TrialReport
 from fmnist.callbacks.status import StatusCallback
 from fmnist.config import ConfigError
 from fmnist.data import build_data
@@ -39,6 +40,17 @@ def refused_as(key: str, choice: Any) -> Iterator[None]:
         if reason.startswith(f"{key}."):
             raise ConfigError(reason) from None  # it names its key already
         raise ConfigError(f"{key} ({choice}): {reason}; check the values of {key}.*") from None
+
+
+def sweeper_setting(key: str) -> Any:
+    """A setting of the Hydra sweeper that launched this job (None outside a Hydra sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        value = HydraConfig.get().sweeper.get(key)
+    except ValueError:  # not inside a Hydra job
+        return None
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunState:
@@ -74,6 +86,10 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunSta
         if node:
             with refused_as(f"callbacks.{name}", name):
                 named[name] = instantiate(node)
+    if cfg.trial.number is not None:  # launched by an Optuna search: report to its trial
+        named["trial"] = TrialReport(
+            cfg.trial.storage, cfg.trial.study, cfg.trial.number, sweeper_setting("pruner")
+        )
     tracker = Tracker({**named, "status": StatusCallback()})
     hparams["params"] = count_parameters(model)
     log.info(
