@@ -261,6 +261,21 @@ def test_the_wheel_runs_from_an_empty_folder_without_the_checkout(installed, tmp
         env=env,
     )
     assert "FmnistSlurmLauncher" in launcher.stdout  # the Hydra plugin came with the wheel
+    search = _run(
+        [
+            bin_dir / "fmnist-train",
+            "hparams_search=optuna",  # the sweeper plugin and its YAML came with it too
+            "hydra.sweeper.n_trials=2",
+            "epochs=1",
+            "limit_train_batches=2",
+            "limit_test_batches=1",
+            "data.val_size=1000",
+            f"hydra.sweep.dir={work / 'search'}",
+        ],
+        cwd=work,
+        env=env,
+    )
+    assert "Best value" in search.stdout and (work / "search" / "optuna.journal").is_file()
     mine = work / "mine" / "experiment"  # a user's own preset, the package untouched
     mine.mkdir(parents=True)
     (mine / "tiny.yaml").write_text(

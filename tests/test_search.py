@@ -259,14 +259,15 @@ def test_kill9_of_the_search_then_the_same_command_ends_with_n_trials(tmp_path):
 def test_a_search_under_joblib_trains_two_trials_at_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["hparams_search=optuna", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
-    args += ["hydra.sweeper.n_trials=2", "epochs=1", "callbacks=[results]", *SHORT]
+    args += ["hydra.sweeper.n_trials=2", "epochs=2", "callbacks=[results]", *SHORT]
+    args += ["limit_train_batches=150"]  # each trial longer than the workers' start-up skew
     run_train([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert all(t.state == TrialState.COMPLETE for t in study_of(sweep).trials)
     logs = [(sweep / f"trial_00{n}" / "train.log").read_text() for n in (0, 1)]
     assert all(" 1 threads" in log for log in logs)  # 2 cores, 2 trials: one thread each
     stamps = [re.findall(r"^\[([\d\- :,]+)\]", log, re.M) for log in logs]
-    first_ends, second_starts = max(stamps[0]), min(stamps[1])
-    assert second_starts < first_ends, "the two trials did not overlap"
+    starts, ends = [min(t) for t in stamps], [max(t) for t in stamps]
+    assert max(starts) < min(ends), f"the two trials did not overlap: {starts} {ends}"
     pids = {status(sweep / f"trial_00{n}")["pid"] for n in (0, 1)}
     assert len(pids) == 2 and os.getpid() not in pids
 
