@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -265,8 +266,14 @@ def test_a_search_under_joblib_trains_two_trials_at_once(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in study_of(sweep).trials)
     logs = [(sweep / f"trial_00{n}" / "train.log").read_text() for n in (0, 1)]
     assert all(" 1 threads" in log for log in logs)  # 2 cores, 2 trials: one thread each
-    stamps = [re.findall(r"^\[([\d\- :,]+)\]", log, re.M) for log in logs]
-    starts, ends = [min(t) for t in stamps], [max(t) for t in stamps]
+    # each trial from the log's first line (the run's claim) to its status.json's last write
+    starts = [
+        datetime.strptime(
+            re.match(r"\[([\d\- :,]+)\]", log).group(1), "%Y-%m-%d %H:%M:%S,%f"
+        ).timestamp()
+        for log in logs
+    ]
+    ends = [(sweep / f"trial_00{n}" / "status.json").stat().st_mtime for n in (0, 1)]
     assert max(starts) < min(ends), f"the two trials did not overlap: {starts} {ends}"
     pids = {status(sweep / f"trial_00{n}")["pid"] for n in (0, 1)}
     assert len(pids) == 2 and os.getpid() not in pids
@@ -300,3 +307,23 @@ def test_a_bad_search_space_or_a_second_search_in_the_same_directory_gets_one_li
     finally:
         held.release()
     assert second.returncode != 0 and f"another search runs in {sweep}" in second.stderr
+
+
+def test_a_job_opens_its_running_trial_from_the_file_and_not_a_finished_one(tmp_path):
+    from fmnist.search import load_trial, open_study
+
+    url = str(tmp_path / JOURNAL)
+    study = open_study(url, "s", "maximize", None, "none")
+    done, running = study.ask(), study.ask()
+    study.tell(done, 0.5)
+    trial = load_trial(url, "s", running.number, "median")  # as another process does
+    trial.report(0.25, step=1)
+    assert study_of_url(url).trials[running.number].intermediate_values == {1: 0.25}
+    assert isinstance(trial.study.pruner, optuna.pruners.MedianPruner)
+    assert load_trial(url, "s", done.number, "median") is None  # ended: a rerun trains alone
+    with pytest.raises(SearchError, match="created to maximize, not to minimize"):
+        open_study(url, "s", "minimize")
+
+
+def study_of_url(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=open_storage(url))

@@ -30,9 +30,18 @@ class TrialReport(Callback):
                 "validation (data.val_size > 0)"
             )
         self.trial = load_trial(self.storage, self.study, self.number, self.pruner)
+        if self.trial is None:
+            log.warning(
+                "trial %d of study %s has ended: this run trains on without reporting to it",
+                self.number,
+                self.study,
+            )
+            return
         log.info("trial %d of study %s (%s)", self.number, self.study, self.storage)
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
+        if self.trial is None:
+            return
         value = row[state.monitor]
         self.trial.report(value, step=state.epoch)
         if state.epoch < state.cfg.epochs and self.trial.should_prune():

@@ -70,6 +70,7 @@ class TensorBoardCallback(Callback):
         self.embedding_interval = embedding_interval  # ~0.3 s each on 2 CPU cores: not every epoch
         self.prediction_images = prediction_images
         self.writer: SummaryWriter | None = None
+        self._sample: tuple[torch.Tensor, torch.Tensor] | None = None  # images shown each epoch
 
     def on_run_start(self, state: RunState) -> None:
         # purge_step drops events a crashed attempt wrote after its last checkpoint
@@ -143,9 +144,10 @@ class TensorBoardCallback(Callback):
         split = "val" if state.data.val is not None else "test"
         loader = state.data.val if split == "val" else state.data.test
         embed = embed and self.embedding_samples > 0
-        images, labels = sample(
-            loader, max(self.embedding_samples if embed else 0, self.prediction_images)
-        )
+        n = max(self.embedding_samples if embed else 0, self.prediction_images)
+        if self._sample is None or len(self._sample[1]) < n:  # the same images every epoch
+            self._sample = sample(loader, n)
+        images, labels = self._sample[0][:n], self._sample[1][:n]
         model = state.eval_model
         with torch.inference_mode():
             was_training = model.training

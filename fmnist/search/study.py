@@ -107,8 +107,9 @@ def open_study(
     return study
 
 
-def load_trial(url: str, name: str, number: int, pruner: Any) -> optuna.Trial:
-    """A running trial of the study, as the job that trains it reports to it (from any process).
+def load_trial(url: str, name: str, number: int, pruner: Any) -> optuna.Trial | None:
+    """A running trial of the study, as the job that trains it reports to it (from any process);
+    None when the trial has finished (a run retrained by hand after its search told the study).
     Optuna hands trials out from `ask`; a trial asked elsewhere is rebuilt from its id."""
     study = optuna.load_study(
         study_name=name, storage=open_storage(url), pruner=make_pruner(pruner)
@@ -116,4 +117,4 @@ def load_trial(url: str, name: str, number: int, pruner: Any) -> optuna.Trial:
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if frozen.number == number:
             return optuna.Trial(study, frozen._trial_id)  # noqa: SLF001  (no public lookup)
-    raise SearchError(f"trial {number} of study {name} in {url} is not running")
+    return None
