@@ -17,6 +17,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	-$(BIN)/python -m pip install --upgrade pip  # best effort: an old pip works too
 	$(BIN)/python -m pip install -e '.[dev,optuna,export]'
+	-$(BIN)/python -m pip uninstall -y -q hydra-optuna-sweeper 2>/dev/null  # replaced by fmnist's sweeper; it pinned optuna < 3
 	touch $(STAMP)
 
 data: $(STAMP)  ## find, fetch and check Fashion-MNIST (Debian package, torchvision, apt-get)
