@@ -77,6 +77,69 @@ def select(history: list[dict[str, Any]], monitor: str | None) -> dict[str, Any]
     return max(history, key=lambda h: (sign * h[monitor], -h["epoch"]))
 
 
+class Evaluation:
+    """Sums over one split's batches: loss, confusion matrix, a few misclassified images and,
+    when asked, every probability. `evaluate` feeds it one model's logits; a fused group
+    (fmnist/fused/) feeds one per member from a single pass."""
+
+    def __init__(self, keep_wrong: int = 32, tta: bool = False, keep_outputs: bool = False):
+        self.keep_wrong, self.tta, self.keep_outputs = keep_wrong, tta, keep_outputs
+        self.loss_sum: torch.Tensor | None = None
+        self.confusion: torch.Tensor | None = None
+        self.wrong_x: list[torch.Tensor] = []
+        self.wrong_p: list[torch.Tensor] = []
+        self.wrong_y: list[torch.Tensor] = []
+        self.probs: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.n = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        classes = logits.shape[1]
+        if self.confusion is None:
+            self.confusion = torch.zeros(classes * classes, dtype=torch.long, device=y.device)
+            self.loss_sum = torch.zeros((), device=y.device)
+        self.loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        pred = logits.argmax(1)
+        self.confusion += torch.bincount(y * classes + pred, minlength=classes * classes)
+        self.n += len(y)
+        if self.keep_outputs:
+            self.probs.append(logits.softmax(1).cpu())
+            self.labels.append(y.cpu())
+        if sum(len(w) for w in self.wrong_p) < self.keep_wrong:
+            miss = pred != y
+            self.wrong_x.append(x[miss][: self.keep_wrong].float().cpu())
+            self.wrong_p.append(pred[miss][: self.keep_wrong].cpu())
+            self.wrong_y.append(y[miss][: self.keep_wrong].cpu())
+
+    def result(self) -> dict[str, Any]:
+        assert self.confusion is not None and self.loss_sum is not None, "empty loader"
+        k, keep, n = int(self.confusion.numel() ** 0.5), self.keep_wrong, self.n
+        matrix = self.confusion.view(k, k).cpu()
+        correct = int(matrix.trace())
+        out = {
+            "loss": self.loss_sum.item() / n,
+            "accuracy": correct / n,
+            "num_correct": correct,
+            "num_samples": n,
+            "confusion": matrix.tolist(),
+            "tta": self.tta,
+            "wrong_images": _cat(self.wrong_x, keep, torch.zeros(0, 1, 28, 28)),
+            "wrong_preds": _cat(self.wrong_p, keep, torch.zeros(0, dtype=torch.long)),
+            "wrong_targets": _cat(self.wrong_y, keep, torch.zeros(0, dtype=torch.long)),
+        }
+        if self.keep_outputs:
+            out["probs"], out["labels"] = torch.cat(self.probs), torch.cat(self.labels)
+        return out
+
+
+def batches(loader: Any, limit: int | None = None) -> Any:
+    """An evaluation pass over `loader`, cut to `limit` batches when given."""
+    for i, batch in enumerate(loader.epoch(0)):
+        if limit and i >= limit:
+            break
+        yield batch
+
+
 @torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
@@ -93,50 +156,14 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    confusion: torch.Tensor | None = None
-    wrong_x, wrong_p, wrong_y, probs, labels, n = [], [], [], [], [], 0
-    for i, (x, y) in enumerate(loader.epoch(0)):
-        if limit and i >= limit:
-            break
+    sums = Evaluation(keep_wrong, tta, keep_outputs)
+    for x, y in batches(loader, limit):
         logits = model(x).float()
         if tta:
             logits = (logits + model(x.flip(-1)).float()) / 2
-        classes = logits.shape[1]
-        if confusion is None:
-            confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        pred = logits.argmax(1)
-        confusion += torch.bincount(y * classes + pred, minlength=classes * classes)
-        n += len(y)
-        if keep_outputs:
-            probs.append(logits.softmax(1).cpu())
-            labels.append(y.cpu())
-        if sum(len(w) for w in wrong_p) < keep_wrong:
-            miss = pred != y
-            wrong_x.append(x[miss][:keep_wrong].float().cpu())
-            wrong_p.append(pred[miss][:keep_wrong].cpu())
-            wrong_y.append(y[miss][:keep_wrong].cpu())
+        sums.add(x, y, logits)
     model.train(was_training)
-    assert confusion is not None, "empty loader"
-    k = int(confusion.numel() ** 0.5)
-    matrix = confusion.view(k, k).cpu()
-    correct = int(matrix.trace())
-    out = {
-        "loss": loss_sum.item() / n,
-        "accuracy": correct / n,
-        "num_correct": correct,
-        "num_samples": n,
-        "confusion": matrix.tolist(),
-        "tta": tta,
-        "wrong_images": _cat(wrong_x, keep_wrong, torch.zeros(0, 1, 28, 28)),
-        "wrong_preds": _cat(wrong_p, keep_wrong, torch.zeros(0, dtype=torch.long)),
-        "wrong_targets": _cat(wrong_y, keep_wrong, torch.zeros(0, dtype=torch.long)),
-    }
-    if keep_outputs:
-        out["probs"], out["labels"] = torch.cat(probs), torch.cat(labels)
-    return out
+    return sums.result()
 
 
 def _cat(parts: list[torch.Tensor], keep: int, empty: torch.Tensor) -> torch.Tensor:

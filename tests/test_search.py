@@ -327,3 +327,20 @@ def test_a_job_opens_its_running_trial_from_the_file_and_not_a_finished_one(tmp_
 
 def study_of_url(url: str) -> optuna.Study:
     return optuna.load_study(study_name="s", storage=open_storage(url))
+
+
+@pytest.mark.slow
+def test_any_optuna_storage_url_may_hold_the_study(tmp_path):
+    sweep, db = tmp_path / "sweep", tmp_path / "elsewhere" / "study.db"
+    db.parent.mkdir()
+    args = [
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage=sqlite:///{db}",
+    ]
+    run_train(
+        [*args, "epochs=1", "callbacks=[results]", *SHORT, f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
+    study = optuna.load_study(study_name="fmnist", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert not (sweep / JOURNAL).exists() and (sweep / "trial_001" / "status.json").exists()

@@ -68,22 +68,30 @@ def end_epoch(run: RunState, keep: bool) -> dict[str, Any]:
     evaluations also keep probabilities and misclassified images (a callback asked for them)."""
     cfg, data, model = run.cfg, run.data, run.eval_model
     check_finite(run, f"in epoch {run.epoch}")
-    seen, train_correct = run.running_seen, int(run.running_correct.item())
     run.evals["test"] = evaluate(
         model, data.test, cfg.limit_test_batches, 32 if keep else 0, cfg.tta, keep_outputs=keep
     )
+    if data.val is not None:
+        run.evals["val"] = evaluate(model, data.val, keep_wrong=0, tta=cfg.tta, keep_outputs=keep)
+    return results_row(run)
+
+
+def results_row(run: RunState) -> dict[str, Any]:
+    """This epoch's row from the training sums and `run.evals`; appended to the history, and the
+    selected epoch updated. The fused loop (fmnist/fused/) builds its members' rows here too."""
+    seen, train_correct = run.running_seen, int(run.running_correct.item())
+    test = run.evals["test"]
     row: dict[str, Any] = {
         "run": run.name,
         "epoch": run.epoch,
         "loss": run.running_loss.item() / seen,
         "accuracy": train_correct / seen,
         "num_correct": train_correct,
-        "test_loss": run.evals["test"]["loss"],
-        "test_accuracy": run.evals["test"]["accuracy"],
-        "test_num_correct": run.evals["test"]["num_correct"],
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "test_num_correct": test["num_correct"],
     }
-    if data.val is not None:
-        run.evals["val"] = evaluate(model, data.val, keep_wrong=0, tta=cfg.tta, keep_outputs=keep)
+    if run.data.val is not None:
         row |= {"val_loss": run.evals["val"]["loss"], "val_accuracy": run.evals["val"]["accuracy"]}
     row["lr_current"] = run.optimizer.param_groups[0]["lr"]
     now = time.perf_counter()

@@ -16,6 +16,7 @@ from fmnist.engine.signals import StopOnSignal, check_not_stopped
 from fmnist.hparams import flat_hparams
 from fmnist.models import check_spec, model_spec
 from fmnist.rundir import RunDirectory
+from fmnist.state import RunState
 
 log = logging.getLogger("fmnist")
 
@@ -23,20 +24,29 @@ log = logging.getLogger("fmnist")
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train one run into `cfg.output_dir`; returns the last epoch's results row. The objective
     (the monitored value of the selected epoch) is in the run's status.json."""
+    check_config(cfg)
+    # from the claim on, a signal stops the run at its next batch; the claim comes before
+    # anything is written: a second process is refused there
+    with StopOnSignal() as stop, RunDirectory(Path(cfg.output_dir)) as directory:
+        run = prepare(cfg, directory, overrides or [])
+        if not isinstance(run, RunState):
+            return run  # completed before: nothing to do
+        return fit(run, run.tracker, stop)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """What must hold before a run directory is touched."""
     validate(cfg)
     check_spec(model_spec(cfg.model))  # only this package's models, before anything is touched
     check_not_stopped()
-    run_dir = Path(cfg.output_dir)
-    # from the claim on, a signal stops the run at its next batch; the claim comes before
-    # anything is written: a second process is refused there
-    with StopOnSignal() as stop, RunDirectory(run_dir) as directory:
-        return _train(cfg, directory, stop, overrides or [])
 
 
-def _train(
-    cfg: DictConfig, directory: RunDirectory, stop: StopOnSignal, overrides: list[str]
-) -> dict:
-    run_dir = Path(cfg.output_dir)
+def prepare(
+    cfg: DictConfig, directory: RunDirectory, overrides: list[str], **provenance_extra: Any
+) -> RunState | dict[str, Any]:
+    """Plan the claimed directory and build the run (restored when it was cut short), or the
+    result of a run that already completed. `provenance_extra`: more to record (a fused group)."""
+    run_dir = directory.path
     hparams = flat_hparams(cfg)
     plan = directory.plan(hparams, cfg.epochs)
     if plan.action == "complete":
@@ -60,6 +70,8 @@ def _train(
     run = build_run(cfg, run_dir, hparams)
     if plan.action == "resume":
         restore(run, plan.checkpoint)
-    record, diff = provenance.collect(run.device, run.threads, overrides, bf16=run.bf16_reason)
+    record, diff = provenance.collect(
+        run.device, run.threads, overrides, bf16=run.bf16_reason, **provenance_extra
+    )
     run.provenance = rundir.write_provenance(run_dir, record, diff)
-    return fit(run, run.tracker, stop)
+    return run

@@ -19,6 +19,6 @@ class SeedCNN(nn.Module):
         # commute exactly (values and gradients), and ReLU on the pooled map costs 4x less.
         t = F.relu(F.max_pool2d(self.conv1(t), kernel_size=2, stride=2))
         t = F.relu(F.max_pool2d(self.conv2(t), kernel_size=2, stride=2))
-        t = F.relu(self.fc1(t.reshape(-1, 12 * 4 * 4)))
+        t = F.relu(self.fc1(t.flatten(1)))  # 12 x 4 x 4
         t = F.relu(self.fc2(t))
         return self.out(t)  # logits: cross_entropy applies the softmax

@@ -1,0 +1,186 @@
+"""Fused sweeps (hydra/launcher=fused): the fused model computes each member's own network, and a
+fused group's runs are the runs that standalone jobs make (real sweeps, real data)."""
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf, open_dict
+
+from fmnist.fused.launch import group_key
+from fmnist.fused.model import FusedModel, fusable, stack_inputs
+from fmnist.models import build_model
+from tests.conftest import compose_cfg, run_train
+from tests.test_resume import start, wait_for_epoch
+
+ZOO = {
+    "seed_cnn": ("fmnist.models.seed_cnn.SeedCNN", {}),
+    "bn_cnn": ("fmnist.models.bn_cnn.BNCNN", {"width": 8, "dropout": 0.0}),
+    "resnet": ("fmnist.models.resnet.ResNet", {"width": 8, "blocks": 1}),
+}
+# Within these of the standalone run's per-epoch values: the fused model adds the same products
+# in another order (grouped convolution, batched matmul), so float rounding differs by ~1e-7 a
+# step and, through training's feedback, grows with the steps; equality holds only per step.
+TOLERANCE = {"loss": 2e-3, "accuracy": 5e-3}
+SHORT = ["epochs=2", "limit_train_batches=40", "limit_test_batches=2", "data.val_size=1000"]
+
+
+def models(name: str, k: int) -> list[torch.nn.Module]:
+    target, kwargs = ZOO[name]
+    torch.manual_seed(0)
+    return [
+        build_model({"target": target, "kwargs": kwargs}).to(memory_format=torch.channels_last)
+        for _ in range(k)
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_the_fused_model_computes_each_members_output_gradients_and_statistics(name):
+    members = models(name, 3)
+    alone = copy.deepcopy(members)
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.rand(8, 1, 28, 28, generator=gen) for _ in members]
+    ys = [torch.randint(0, 10, (8,), generator=gen) for _ in members]
+    fused = FusedModel(members).train()
+    out = fused(stack_inputs(xs, channels_last=True))
+    assert out.shape == (8, 3, 10)
+    sum(F.cross_entropy(out[:, k], y) for k, y in enumerate(ys)).backward()
+    for k, (model, x, y) in enumerate(zip(alone, xs, ys, strict=True)):
+        logits = model.train()(x)
+        F.cross_entropy(logits, y).backward()
+        torch.testing.assert_close(out[:, k], logits, rtol=1e-4, atol=1e-5)
+        for (pname, p), q in zip(members[k].named_parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=pname)
+        for (bname, b), c in zip(members[k].named_buffers(), model.buffers(), strict=True):
+            torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-6, msg=bname)  # BN statistics
+    assert fusable(members, channels_last=True) is None
+
+
+def test_a_forward_that_mixes_members_is_not_fused():
+    class Mixing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.fc = torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            x = self.conv(x)
+            return self.fc(x.mean((2, 3)) + x.mean())  # x.mean() mixes every channel block
+
+    assert "mixes members" in fusable([Mixing(), Mixing()])
+
+    class Normed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(784)
+            self.fc = torch.nn.Linear(784, 10)
+
+        def forward(self, x):
+            return self.fc(self.norm(x.flatten(1)))
+
+    assert "cannot fuse LayerNorm" in fusable([Normed(), Normed()])
+
+
+def test_jobs_group_by_what_they_share(data_root):
+    def key(*overrides):
+        cfg = compose_cfg(list(overrides), data_root=data_root, output_dir=Path("/nowhere"))
+        task = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        with open_dict(task):
+            del task["hydra"]
+        return group_key(task)
+
+    base = key("lr=0.01")
+    assert key("lr=0.001") == base  # each member owns these
+    assert key("seed=3", "shuffle=false", "label_smoothing=0.1", "optimizer=sgd") == base
+    assert key("data.augment.hflip=true", "ema.decay=0.99", "grad_clip=1.0") == base
+    for other in ("batch_size=1000", "epochs=3", "model=bn_cnn", "tta=true", "data.val_size=0"):
+        assert key(other) != base, other
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def files(run_dir: Path) -> set[str]:
+    names = {
+        str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.stat().st_size
+    }
+    return {n for n in names if not n.startswith("events.out") and ".owner.lock" not in n}
+
+
+@pytest.mark.slow
+def test_a_fused_group_makes_the_standalone_runs_and_a_diverging_member_fails_alone(tmp_path):
+    fused, alone = tmp_path / "fused", tmp_path / "alone"
+    done = run_train(
+        ["-m", "hydra/launcher=fused", "lr=0.01,0.003,1e12", *SHORT, f"hydra.sweep.dir={fused}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert "3 jobs, 3 of them in 1 fused group(s)" in out, out
+    assert done.returncode == 1, out  # one job failed, as under the basic launcher
+    run_train(["-m", "lr=0.01,0.003", *SHORT, f"hydra.sweep.dir={alone}"], cwd=tmp_path)
+
+    bad = next(fused.glob("*lr=1000000000000*"))
+    status = json.loads((bad / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"]["type"] == "NonFiniteLossError"
+    assert "1 of 3 jobs did not complete" in out and f"{bad.name}: failed" in out
+    jobs = list(fused.glob("*/status.json"))
+    assert len(jobs) == 3
+    for lr in ("0.01", "0.003"):
+        ours, theirs = next(fused.glob(f"*lr={lr}")), next(alone.glob(f"*lr={lr}"))
+        assert json.loads((ours / "status.json").read_text())["status"] == "completed"
+        assert files(ours) == files(theirs)  # results, TensorBoard, checkpoints, provenance...
+        for a, b in zip(rows(ours), rows(theirs), strict=True):
+            assert a["epoch"] == b["epoch"] and a["lr"] == b["lr"]
+            for metric in ("loss", "val_loss", "test_loss"):
+                assert abs(a[metric] - b[metric]) < TOLERANCE["loss"], (lr, metric, a, b)
+            for metric in ("accuracy", "val_accuracy", "test_accuracy"):
+                assert abs(a[metric] - b[metric]) < TOLERANCE["accuracy"], (lr, metric, a, b)
+        record = json.loads((ours / "provenance.json").read_text())
+        assert sorted(record["fused"]["members"]) == sorted(p.parent.name for p in jobs)
+        assert "fused" not in json.loads((theirs / "provenance.json").read_text())
+        first = torch.load(ours / "checkpoints" / "last.pt", weights_only=True)
+        assert set(first["model"]) == set(
+            torch.load(theirs / "checkpoints" / "last.pt", weights_only=True)["model"]
+        )  # a standalone model's state_dict: evaluate, predict and export read it as any other
+
+
+@pytest.mark.slow
+def test_kill9_of_a_fused_group_mid_epoch_then_the_same_command_equals_an_uninterrupted_one(
+    tmp_path,
+):
+    args = [
+        "-m",
+        "hydra/launcher=fused",
+        "model=bn_cnn",
+        "model.width=8",  # dropout on: each member's masks come from the group's generator
+        "seed=0,1",
+        "epochs=3",
+        "limit_train_batches=60",
+        "limit_test_batches=2",
+        "data.val_size=1000",
+    ]
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    run_train([*args, f"hydra.sweep.dir={reference}"], cwd=tmp_path)
+    proc = start([*args, f"hydra.sweep.dir={crashed}"], cwd=tmp_path)
+    deadline = time.time() + 120
+    while not list(crashed.glob("*seed=0")) and time.time() < deadline:
+        time.sleep(0.05)
+    first = next(crashed.glob("*seed=0"))
+    wait_for_epoch(first, 1, proc)
+    time.sleep(0.5)  # into epoch 2
+    proc.kill()
+    proc.wait()
+    assert json.loads((first / "status.json").read_text())["last_epoch"] < 3
+    again = run_train([*args, f"hydra.sweep.dir={crashed}"], cwd=tmp_path)
+    assert "resuming" in again.stdout + again.stderr
+    for run in sorted(p.parent.name for p in reference.glob("*/status.json")):
+        keep = [{k: v for k, v in r.items() if "duration" not in k} for r in rows(reference / run)]
+        assert keep == [
+            {k: v for k, v in r.items() if "duration" not in k} for r in rows(crashed / run)
+        ], run
