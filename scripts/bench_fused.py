@@ -29,6 +29,10 @@ SWEEPS = {
         "batch_size=100,1000",
         "shuffle=true,false",
     ],
+    "16 seeds of the default (seed_cnn, batch 100), 1 epoch": [
+        "epochs=1",
+        "seed=" + ",".join(map(str, range(16))),
+    ],
     "16 seeds of experiment=fast, 1 epoch": [
         "experiment=fast",
         "epochs=1",

@@ -116,7 +116,14 @@ def files(run_dir: Path) -> set[str]:
 def test_a_fused_group_makes_the_standalone_runs_and_a_diverging_member_fails_alone(tmp_path):
     fused, alone = tmp_path / "fused", tmp_path / "alone"
     done = run_train(
-        ["-m", "hydra/launcher=fused", "lr=0.01,0.003,1e12", *SHORT, f"hydra.sweep.dir={fused}"],
+        [
+            "-m",
+            "hydra/launcher=fused",
+            "hydra.launcher.probe=false",
+            "lr=0.01,0.003,1e12",
+            *SHORT,
+            f"hydra.sweep.dir={fused}",
+        ],
         cwd=tmp_path,
         check=False,
     )
@@ -157,6 +164,7 @@ def test_kill9_of_a_fused_group_mid_epoch_then_the_same_command_equals_an_uninte
     args = [
         "-m",
         "hydra/launcher=fused",
+        "hydra.launcher.probe=false",  # always fused, whatever this machine measures
         "model=bn_cnn",
         "model.width=8",  # dropout on: each member's masks come from the group's generator
         "seed=0,1",
@@ -184,3 +192,20 @@ def test_kill9_of_a_fused_group_mid_epoch_then_the_same_command_equals_an_uninte
         assert keep == [
             {k: v for k, v in r.items() if "duration" not in k} for r in rows(crashed / run)
         ], run
+
+
+def test_the_probe_fuses_only_as_many_members_as_are_faster(monkeypatch, data_root):
+    import fmnist.fused.probe as probe
+
+    task = compose_cfg(["epochs=1"], data_root=data_root, output_dir=Path("/nowhere"))
+    step = probe.step_ms(task, 2, steps=1)  # a real fused step of the default model
+    assert 0 < step < 10_000
+
+    def measured(per_member: dict[int, float]):
+        monkeypatch.setattr(probe, "step_ms", lambda task, k: per_member[k] * k)
+        return probe.best_size(task, max(per_member))
+
+    assert measured({1: 5.0, 2: 4.0, 4: 3.0, 8: 3.5, 16: 1.0})[0] == 4  # stops once slower
+    assert measured({1: 5.0, 2: 4.9, 3: 4.8})[0] == 1  # under 5 % faster: not worth it
+    best, seen = measured({1: 5.0, 2: 6.0, 4: 1.0, 8: 1.0, 16: 1.0})
+    assert best == 1 and set(seen) == {1, 2}

@@ -200,3 +200,27 @@ def test_the_loop_keeps_outputs_only_for_a_callback_that_asks(cfg_quick, ask_at,
     OutputsProbe.seen.clear()
     train(cfg_quick)
     assert OutputsProbe.seen == expected
+
+
+def test_tensorboard_figures_keep_within_their_share_of_the_run_time():
+    import time
+    from types import SimpleNamespace
+
+    from fmnist.callbacks.tensorboard import TensorBoardCallback
+
+    cb = TensorBoardCallback(figure_budget=0.05)
+    state = SimpleNamespace(epoch=1, cfg=SimpleNamespace(epochs=10), run_start=time.perf_counter())
+    assert cb.wants_outputs(state)  # the first epoch draws: nothing measured yet
+    cb._figure_s = cb._figure_cost = 0.2  # as on_epoch_end records a drawing
+    state.epoch, state.run_start = 2, time.perf_counter() - 2.0  # 5 % of 2 s < 0.4 s
+    assert not cb.wants_outputs(state)
+    state.epoch, state.run_start = 3, time.perf_counter() - 10.0  # 5 % of 10 s >= 0.4 s
+    assert cb.wants_outputs(state)
+    state.epoch, state.run_start = 10, time.perf_counter()  # the last epoch always draws
+    assert cb.wants_outputs(state)
+    state.epoch = 4
+    unlimited = TensorBoardCallback(figure_budget=0)
+    unlimited._figure_s = unlimited._figure_cost = 100.0
+    assert unlimited.wants_outputs(state)
+    with pytest.raises(ValueError, match="figure_budget"):
+        TensorBoardCallback(figure_budget=2)

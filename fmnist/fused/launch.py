@@ -98,15 +98,42 @@ def group_key(task: DictConfig) -> str:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
-def group_jobs(jobs: list[Job], max_members: int) -> list[list[Job]]:
-    """Jobs with equal keys, in sweep order, cut into groups of at most `max_members`."""
+def group_jobs(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs with equal keys, in sweep order."""
     by_key: dict[str, list[Job]] = {}
     for job in jobs:
         by_key.setdefault(group_key(job.task), []).append(job)
-    groups = []
-    for same in by_key.values():
-        groups += [same[i : i + max_members] for i in range(0, len(same), max_members)]
-    return sorted(groups, key=lambda g: g[0].idx)
+    return sorted(by_key.values(), key=lambda g: g[0].idx)
+
+
+def plan_groups(
+    jobs: list[Job], max_members: int, probe: bool
+) -> list[tuple[list[Job], str | None]]:
+    """The groups to train, each with why it is not fused (None: fused, or a job alone). With
+    `probe`, a group is cut to the size whose step is fastest per member here (probe.py)."""
+    from fmnist.fused.probe import best_size
+
+    plans: list[tuple[list[Job], str | None]] = []
+    for same in group_jobs(jobs):
+        reason = why_not_fused(same[0].task, len(same)) if len(same) > 1 else None
+        if len(same) == 1 or reason:
+            plans.append((same, reason))
+            continue
+        size = min(len(same), max_members)
+        if probe:
+            with hydra_config(same[0].config):
+                size, per_member = best_size(same[0].task, size)
+            timings = ", ".join(f"{k}: {ms:.1f}" for k, ms in per_member.items())
+            print(
+                f"fused launcher: a training step of {same[0].label} in ms per member, by "
+                f"members fused: {timings}; fusing {size} at a time",
+                flush=True,
+            )
+        if size == 1:
+            plans.append((same, "a fused step is no faster per member on this machine"))
+            continue
+        plans += [(same[i : i + size], None) for i in range(0, len(same), size)]
+    return sorted(plans, key=lambda plan: plan[0][0].idx)
 
 
 def why_not_fused(task: DictConfig, size: int) -> str | None:
@@ -139,11 +166,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         with open_dict(config):
             config.hydra.job.id = config.hydra.job.num = initial_job_idx + i
         jobs.append(Job(initial_job_idx + i, overrides, config))
-    groups = group_jobs(jobs, max(1, int(launcher.max_members)))
-    plans = []
-    for group in groups:
-        reason = why_not_fused(group[0].task, len(group)) if len(group) > 1 else None
-        plans.append((group, reason))
+    plans = plan_groups(jobs, max(1, int(launcher.max_members)), bool(launcher.probe))
     print_plan(plans, len(jobs))
     returns: dict[int, JobReturn] = {}
     for group, reason in plans:
@@ -162,7 +185,9 @@ def print_plan(plans: list[tuple[list[Job], str | None]], total: int) -> None:
     print(f"fused launcher: {total} jobs, {fused} of them in {groups} fused group(s)", flush=True)
     for n, (group, why) in enumerate(plans, 1):
         batch = group[0].task.get("batch_size")
-        if len(group) == 1:
+        if len(group) == 1 and why:
+            head = f"  {n}. alone ({why})"
+        elif len(group) == 1:
             head = f"  {n}. alone (batch_size={batch}; no other job shares its shape)"
         elif why:
             head = f"  {n}. {len(group)} jobs one after another (not fused: {why})"

@@ -15,14 +15,15 @@ from omegaconf import DictConfig
 class FusedLauncherConf:
     _target_: str = "hydra_plugins.fmnist_plugins.fused_launcher.FusedLauncher"
     max_members: int = 16  # most jobs in one fused model (memory grows with it)
+    probe: bool = True  # time a step at 1, 2, 4... members first; fuse only as many as pay
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="fmnist_fused", node=FusedLauncherConf)
 
 
 class FusedLauncher(Launcher):
-    def __init__(self, max_members: int = 16) -> None:
-        self.max_members = max_members
+    def __init__(self, max_members: int = 16, probe: bool = True) -> None:
+        self.max_members, self.probe = max_members, probe
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
