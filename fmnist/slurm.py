@@ -54,27 +54,6 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
         if done.returncode == 0 and found:
             return found
     return {}
-    if shutil.which("sacct"):
-        done = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if done.returncode == 0:
-            found = dict(line.split("|", 1) for line in done.stdout.splitlines() if "|" in line)
-            if found:
-                return found
-    if shutil.which("squeue"):
-        done = subprocess.run(
-            ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(job_ids)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if done.returncode == 0:
-            return dict(line.split("|", 1) for line in done.stdout.splitlines() if "|" in line)
-    return {}
 
 
 def launch(launcher: Any, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
