@@ -213,7 +213,8 @@ def run_single(launcher: Any, job: Job) -> JobReturn:
 def run_group(launcher: Any, group: list[Job]) -> dict[int, JobReturn]:
     """What `run_job` does for each job (directory, logging, callbacks, JobReturn), around one
     fused training of them all."""
-    from fmnist.fused.loop import Member, train_group
+    from fmnist.fused.group import train_group
+    from fmnist.fused.loop import Member
 
     callbacks = launcher.hydra_context.callbacks
     configure_log(group[0].config.hydra.job_logging, group[0].config.hydra.verbose)

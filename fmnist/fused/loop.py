@@ -1,5 +1,6 @@
-"""Train a fused group: each member is a whole run of its own (directory, callbacks, optimizer,
-schedule, batch order, checkpoints), while its steps and evaluations are computed together.
+"""The loop of a fused group: each member is a whole run of its own (directory, callbacks,
+optimizer, schedule, batch order, checkpoints), while its steps and evaluations are computed
+together.
 
 The order of things per member is `fmnist.engine.loop.fit`'s; only the arithmetic is shared. A
 member that fails (its loss diverges, a callback cannot write) leaves the group and the others go
@@ -20,7 +21,6 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from fmnist.engine.loop import results_row
-from fmnist.engine.run import check_config, prepare
 from fmnist.engine.signals import StopOnSignal
 from fmnist.engine.step import check_finite
 from fmnist.fused.model import FusedModel, stack_inputs
@@ -42,32 +42,6 @@ class Member:
     run: RunState | None = None
     directory: RunDirectory | None = None
     iterator: Iterator[Any] | None = field(default=None, repr=False)
-
-
-def train_group(members: list[Member], enter: Any = None) -> None:
-    """Train every member; each ends with `error` None or set. A signal (RunInterrupted) stops
-    all of them after saving and propagates. `enter(member)`: a context the member's build runs
-    in (the launcher sets Hydra's config to the member's)."""
-    names = [m.name for m in members]
-    try:
-        with StopOnSignal() as stop:
-            ready = []
-            for index, m in enumerate(members):
-                with enter(m) if enter else nullcontext(), failure_kept(m):
-                    check_config(m.cfg)
-                    m.directory = RunDirectory(m.cfg.output_dir).claim()
-                    fused = {"members": names, "index": index}
-                    run = prepare(m.cfg, m.directory, m.overrides, fused=fused)
-                    if isinstance(run, RunState):
-                        m.run = run
-                        ready.append(m)
-                stop.check()
-            for start in sorted({m.run.start_epoch for m in ready}):  # resumed at one epoch
-                FusedFit([m for m in ready if m.run.start_epoch == start], stop).run()
-    finally:
-        for m in members:
-            if m.directory is not None:
-                m.directory.release()
 
 
 @contextmanager
@@ -259,12 +233,19 @@ class FusedFit:
         model, k = self.eval_model, len(self.members)
         was_training = model.members[0].training
         model.train(False)
-        for x, y in batches(loader, limit):
-            xs = stack_inputs([x] * k, self.channels_last)
-            logits = model(xs).float()
-            if tta:
-                logits = (logits + model(xs.flip(-1)).float()) / 2
-            for i, s in enumerate(sums):
-                s.add(x, y, logits[:, i])
+        for batch, labels in batches(loader, limit):
+            # 1/k of the batch at a time: k members' activations stay the size of one member's
+            # (measured: 16 bn_cnn evaluate 1000 images in 2.1 s so, 4.6 s whole, 2.8 s apart)
+            for x, y in zip(
+                batch.split(max(1, len(batch) // k)),
+                labels.split(max(1, len(batch) // k)),
+                strict=True,
+            ):
+                xs = stack_inputs([x] * k, self.channels_last)
+                logits = model(xs).float()
+                if tta:
+                    logits = (logits + model(xs.flip(-1)).float()) / 2
+                for i, s in enumerate(sums):
+                    s.add(x, y, logits[:, i])
         model.train(was_training)
         return [s.result() for s in sums]
