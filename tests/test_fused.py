@@ -205,7 +205,7 @@ def test_the_probe_fuses_only_as_many_members_as_are_faster(monkeypatch, data_ro
         monkeypatch.setattr(probe, "step_ms", lambda task, k: per_member[k] * k)
         return probe.best_size(task, max(per_member))
 
-    assert measured({1: 5.0, 2: 4.0, 4: 3.0, 8: 3.5, 16: 1.0})[0] == 4  # stops once slower
+    assert measured({1: 5.0, 2: 4.0, 4: 3.0, 8: 3.5, 16: 2.0})[0] == 16  # past one slower size
     assert measured({1: 5.0, 2: 4.9, 3: 4.8})[0] == 1  # under 5 % faster: not worth it
-    best, seen = measured({1: 5.0, 2: 6.0, 4: 1.0, 8: 1.0, 16: 1.0})
-    assert best == 1 and set(seen) == {1, 2}
+    best, seen = measured({1: 5.0, 2: 8.0, 4: 1.0, 8: 1.0, 16: 1.0})
+    assert best == 1 and set(seen) == {1, 2}  # 1.6x slower per member: stop measuring
