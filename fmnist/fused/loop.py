@@ -153,7 +153,8 @@ class FusedFit:
                     r.ema.update_parameters(r.model)
                 r.step += 1
                 r.running_seen += len(batch[0][1])
-            if first.step % nan_every == 0 and not torch.isfinite(self.loss_sums).all():
+            step = self.members[0].run.step  # every member's: they step together
+            if step % nan_every == 0 and not torch.isfinite(self.loss_sums).all():
                 self._sums_to_runs()
                 for m in self.members:
                     with failure_kept(m):
