@@ -31,6 +31,7 @@ class Loader(str, Enum):
 class AugmentConfig:
     crop_padding: int = 0  # random crop after zero padding by this many pixels; 0 = off
     hflip: bool = False  # random horizontal flip, p=0.5
+    alternate_flip: bool = False  # with hflip: each image mirrored every other epoch (airbench)
     erasing: float = 0.0  # probability of random erasing per image; 0 = off
 
 
@@ -66,6 +67,21 @@ class EMAConfig:
 
 
 @dataclass
+class ParamGroupConfig:
+    lr_scale: float | None = None  # this kind's learning rate as a multiple of lr; None = 1
+    weight_decay: float | None = None  # None = the optimizer's weight_decay
+
+
+@dataclass
+class ParamGroupsConfig:
+    """One entry per kind of parameter (fmnist/param_groups.py)."""
+
+    norm: ParamGroupConfig = field(default_factory=ParamGroupConfig)  # BatchNorm etc.
+    bias: ParamGroupConfig = field(default_factory=ParamGroupConfig)  # other layers' biases
+    weight: ParamGroupConfig = field(default_factory=ParamGroupConfig)  # everything else
+
+
+@dataclass
 class TrialConfig:
     """Set by the Optuna sweeper (hparams_search=optuna) in each job it launches; null otherwise."""
 
@@ -86,12 +102,16 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the gradients' global norm to this; None = off
     monitor: str = "val_accuracy"  # the objective: best.pt, sweeps and compare (val_loss also)
     tta: bool = False  # evaluate on the mean of each image and its mirror image
+    tta_translate: int = 0  # with tta, also both views shifted by +-N pixels (multi-crop); 0 = off
+    eval_every: int = 1  # evaluate val and test every N epochs and at the last one; 1 = each
     limit_train_batches: int | None = None  # cap batches per epoch (quick tests); None = all
     limit_test_batches: int | None = None
     resume: str | None = None  # a run directory to continue (see README)
     output_dir: str = "???"  # the run's directory; ${hydra:runtime.output_dir} in conf/train.yaml
     choices: dict[str, Any] = field(default_factory=dict)  # chosen group files (model=bn_cnn)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    # per kind of parameter (norm, bias, weight): its own lr scale and weight decay
+    param_groups: ParamGroupsConfig = field(default_factory=ParamGroupsConfig)
     model: Any = None
     optimizer: Any = None
     scheduler: Any = None
@@ -168,7 +188,32 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.ema.every >= 1, "ema.every", cfg.ema.every, ">= 1")
     interval = cfg.runtime.nan_check_interval
     _check(interval >= 0, "runtime.nan_check_interval", interval, ">= 0 (0 = automatic)")
+    _check(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "an integer >= 1 (1 = every epoch)")
+    _check(0 <= cfg.tta_translate <= 4, "tta_translate", cfg.tta_translate, "0 (off) to 4 pixels")
+    _check(
+        not cfg.tta_translate or cfg.tta,
+        "tta_translate",
+        cfg.tta_translate,
+        "needs tta=true (the translated views are those of the image and its mirror)",
+    )
+    for kind, group in cfg.param_groups.items():
+        scale = group.lr_scale
+        _check(scale is None or scale > 0, f"param_groups.{kind}.lr_scale", scale, "null or > 0")
+        decay = group.weight_decay
+        _check(decay is None or decay >= 0, f"param_groups.{kind}.weight_decay", decay, ">= 0")
     aug = cfg.data.augment
+    _check(
+        not aug.alternate_flip or aug.hflip,
+        "data.augment.alternate_flip",
+        True,
+        "needs data.augment.hflip=true",
+    )
+    _check(
+        not aug.alternate_flip or Loader(cfg.data.loader) is Loader.memory,
+        "data.augment.alternate_flip",
+        True,
+        "needs data.loader=memory (it follows each image by its index)",
+    )
     _check(0 <= aug.crop_padding <= 8, "data.augment.crop_padding", aug.crop_padding, "0..8")
     _check(0 <= aug.erasing <= 1, "data.augment.erasing", aug.erasing, "a probability in [0, 1]")
     for group in ("model", "optimizer"):

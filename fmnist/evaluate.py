@@ -22,11 +22,13 @@ from fmnist.files import write_json
 from fmnist.metrics import evaluate, per_class
 from fmnist.paths import data_root as default_root
 from fmnist.rundir import RunDirError, load_trained
+from fmnist.tta import describe
 
 
 def render(result: dict[str, Any]) -> str:
     short = [c.split("/")[0][:7] for c in CLASSES]
-    tta = ", with flip TTA" if result.get("tta") else ""
+    tta = describe(bool(result.get("tta")), result.get("tta_translate") or 0)
+    tta = f", with {tta}" if tta else ""
     lines = [
         f"{result['run']} ({result['checkpoint']}, epoch {result['epoch']}) on {result['split']}{tta}: "
         f"accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "
@@ -56,8 +58,10 @@ def run_evaluation(
     split: str = "test",
     tta: bool | None = None,
     data_root: str | None = None,
+    translate: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate; `tta=None` uses what the run was trained with. Writes nothing (see `save`)."""
+    """Evaluate; `tta=None` / `translate=None` use what the run was trained with. Writes nothing
+    (see `save`)."""
     trained = load_trained(path, checkpoint)
     ckpt = trained.checkpoint
     split_cfg = ckpt.get("split") or {"val_size": 0, "split_seed": 0}
@@ -74,13 +78,16 @@ def run_evaluation(
     data = build_data(data_cfg, 1000, False, 0, torch.device("cpu"), channels_last=False)
     loader = data.val if split == "val" else data.test
     tta = bool(ckpt.get("tta")) if tta is None else tta
-    metrics = evaluate(trained.model, loader, keep_wrong=0, tta=tta)
+    translate = int(ckpt.get("tta_translate") or 0) if translate is None else translate
+    translate = translate if tta else 0
+    metrics = evaluate(trained.model, loader, keep_wrong=0, tta=tta, translate=translate)
     return {
         "run": trained.label,
         "checkpoint": trained.path.name,
         "epoch": ckpt["epoch"],
         "split": split,
         "tta": tta,
+        "tta_translate": translate,
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "num_correct": metrics["num_correct"],
@@ -117,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         help="flip TTA (default: as trained)",
     )
     parser.add_argument(
+        "--tta-translate",
+        type=int,
+        choices=range(5),
+        default=None,
+        metavar="PIXELS",
+        help="with TTA, also the views shifted by +-PIXELS (0-4; default: as trained)",
+    )
+    parser.add_argument(
         "--data-root",
         default=None,
         help="default: $FMNIST_DATA, else the checkout's data/, else ~/.cache/fmnist",
@@ -126,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        result = run_evaluation(args.run, args.checkpoint, args.split, args.tta, args.data_root)
+        result = run_evaluation(
+            args.run, args.checkpoint, args.split, args.tta, args.data_root, args.tta_translate
+        )
     except (RunDirError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

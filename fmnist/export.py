@@ -91,6 +91,7 @@ def export_safetensors(trained: Any, out: Path) -> tuple[Path, Path]:
         "classes": trained.checkpoint.get("classes"),
         "input": trained.checkpoint.get("input"),
         "tta": bool(trained.checkpoint.get("tta")),  # its figures are the mean with the mirror
+        "tta_translate": int(trained.checkpoint.get("tta_translate") or 0),  # and shifted copies
     }
     weights = {k: v.contiguous() for k, v in trained.model.state_dict().items()}
     save_file(weights, str(out / "model.safetensors"), metadata={"fmnist": json.dumps(meta)})

@@ -55,6 +55,15 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         out["ema.decay"] = plain["ema"]["decay"]
     if plain.get("tta"):
         out["tta"] = True
+        if plain.get("tta_translate"):
+            out["tta_translate"] = plain["tta_translate"]
+    if plain.get("eval_every", 1) != 1:  # which epochs can be selected
+        out["eval_every"] = plain["eval_every"]
+    if plain.get("param_groups"):  # only the settings given
+        for kind, group in plain["param_groups"].items():
+            for key, value in (group or {}).items():
+                if value is not None:
+                    out[f"param_groups.{kind}.{key}"] = value
     if (plain.get("trial") or {}).get("number") is not None:  # an Optuna search's trial
         out["trial"] = plain["trial"]["number"]
     return out

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fmnist import CLASSES
+from fmnist.tta import tta_logits
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,17 @@ def better(monitor: str, value: float, best: float | None, min_delta: float = 0.
 
 
 def select(history: list[dict[str, Any]], monitor: str | None) -> dict[str, Any]:
-    """The epoch the objective selects (the first of equals); the last without one. best.pt,
-    the sweep summary and fmnist-compare all take it from here."""
+    """The epoch the objective selects (the first of equals) among the evaluated ones; the last
+    without one. best.pt, the sweep summary and fmnist-compare all take it from here."""
     if not history:
         return {}
-    if monitor is None or not all(isinstance(h.get(monitor), int | float) for h in history):
+    scored = [
+        h for h in history if isinstance(h.get(monitor), int | float) and h[monitor] == h[monitor]
+    ]
+    if monitor is None or not scored:
         return history[-1]
     sign = 1 if OBJECTIVES[monitor] == "max" else -1
-    return max(history, key=lambda h: (sign * h[monitor], -h["epoch"]))
+    return max(scored, key=lambda h: (sign * h[monitor], -h["epoch"]))
 
 
 class Evaluation:
@@ -82,8 +86,15 @@ class Evaluation:
     when asked, every probability. `evaluate` feeds it one model's logits; a fused group
     (fmnist/fused/) feeds one per member from a single pass."""
 
-    def __init__(self, keep_wrong: int = 32, tta: bool = False, keep_outputs: bool = False):
+    def __init__(
+        self,
+        keep_wrong: int = 32,
+        tta: bool = False,
+        keep_outputs: bool = False,
+        translate: int = 0,
+    ):
         self.keep_wrong, self.tta, self.keep_outputs = keep_wrong, tta, keep_outputs
+        self.translate = translate if tta else 0
         self.loss_sum: torch.Tensor | None = None
         self.confusion: torch.Tensor | None = None
         self.wrong_x: list[torch.Tensor] = []
@@ -123,6 +134,7 @@ class Evaluation:
             "num_samples": n,
             "confusion": matrix.tolist(),
             "tta": self.tta,
+            "tta_translate": self.translate,
             "wrong_images": _cat(self.wrong_x, keep, torch.zeros(0, 1, 28, 28)),
             "wrong_preds": _cat(self.wrong_p, keep, torch.zeros(0, dtype=torch.long)),
             "wrong_targets": _cat(self.wrong_y, keep, torch.zeros(0, dtype=torch.long)),
@@ -148,20 +160,19 @@ def evaluate(
     keep_wrong: int = 32,
     tta: bool = False,
     keep_outputs: bool = False,
+    translate: int = 0,
 ) -> dict[str, Any]:
     """Mean loss, accuracy, confusion matrix and a few misclassified images of one split.
 
-    `tta`: the mean of the logits of each image and its mirror image (test-time augmentation).
+    `tta`: the mean of the logits of each image and its mirror image (test-time augmentation);
+    `translate`: with `tta`, also their copies shifted by that many pixels (fmnist/tta.py).
     `keep_outputs`: also return every probability and label (PR curves, figures).
     """
     was_training = model.training
     model.eval()
-    sums = Evaluation(keep_wrong, tta, keep_outputs)
+    sums = Evaluation(keep_wrong, tta, keep_outputs, translate)
     for x, y in batches(loader, limit):
-        logits = model(x).float()
-        if tta:
-            logits = (logits + model(x.flip(-1)).float()) / 2
-        sums.add(x, y, logits)
+        sums.add(x, y, tta_logits(lambda v: model(v).float(), x, tta, translate))
     model.train(was_training)
     return sums.result()
 

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist import CLASSES
 from fmnist.console import closed_pipe_is_fine
+from fmnist.tta import tta_logits
 
 MAX_PIXELS = 40_000_000  # larger images are refused (a decompression bomb costs GBs of memory)
 
@@ -117,24 +118,26 @@ def torch_logits(path: str, checkpoint: str, tta: bool | None) -> tuple[Callable
 
     trained = load_trained(path, checkpoint)
     use_tta = bool(trained.checkpoint.get("tta")) if tta is None else tta
+    translate = int(trained.checkpoint.get("tta_translate") or 0)  # as trained, with TTA
 
     @torch.inference_mode()
     def logits(x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(x)
-        out = trained.model(t).float()
-        if use_tta:
-            out = (out + trained.model(t.flip(-1)).float()) / 2
+        model = trained.model
+        out = tta_logits(lambda v: model(v).float(), torch.from_numpy(x), use_tta, translate)
         return out.numpy()
 
     return logits, use_tta
 
 
-def trained_with_tta(onnx_path: Path) -> bool:
-    """As exported: the model.json written beside model.onnx says whether TTA was used."""
+def trained_with_tta(onnx_path: Path) -> tuple[bool, int]:
+    """As exported: the model.json written beside model.onnx says whether TTA was used, and
+    with which shift (0: mirror only)."""
     try:
-        return json.loads((onnx_path.parent / "model.json").read_text()).get("tta") is True
+        meta = json.loads((onnx_path.parent / "model.json").read_text())
+        shift = meta.get("tta_translate") or 0
+        return meta.get("tta") is True, shift if isinstance(shift, int) and 0 <= shift <= 4 else 0
     except (OSError, ValueError, AttributeError):
-        return False
+        return False, 0
 
 
 def onnx_logits(path: str, tta: bool | None) -> tuple[Callable, bool]:
@@ -146,13 +149,11 @@ def onnx_logits(path: str, tta: bool | None) -> tuple[Callable, bool]:
     except ExportError as exc:
         raise ImageError(str(exc)) from None
     name = session.get_inputs()[0].name
-    use_tta = trained_with_tta(Path(path)) if tta is None else tta
+    as_trained, translate = trained_with_tta(Path(path))
+    use_tta = as_trained if tta is None else tta
 
     def logits(x: np.ndarray) -> np.ndarray:
-        out = session.run(None, {name: x})[0]
-        if use_tta:
-            out = (out + session.run(None, {name: np.ascontiguousarray(x[..., ::-1])})[0]) / 2
-        return out
+        return tta_logits(lambda v: session.run(None, {name: v})[0], x, use_tta, translate)
 
     return logits, use_tta
 

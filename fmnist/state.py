@@ -118,6 +118,7 @@ def checkpoint_payload(state: RunState) -> dict[str, Any]:
         "monitor": state.monitor,
         "split": {"val_size": state.cfg.data.val_size, "split_seed": state.cfg.data.split_seed},
         "tta": bool(state.cfg.tta),
+        "tta_translate": int(state.cfg.tta_translate) if state.cfg.tta else 0,
         "provenance": state.provenance,
     }
     if state.ema is not None:

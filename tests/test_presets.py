@@ -39,7 +39,7 @@ def test_presets_say_what_they_claim():
     )
     assert article.model._target_.endswith("SeedCNN") and article.data.loader.value == "torchvision"
     assert article.data.val_size == 0  # the article's setup: all 60,000 images, no selection
-    best = compose_cfg(["experiment=best"])
+    best = compose_cfg(["experiment=best_bn_cnn"])  # the bn_cnn presets, kept for comparison
     assert best.data.val_size == 5000 and best.data.augment.crop_padding == 2
     assert (
         best.data.augment.hflip and best.data.augment.erasing == 0.1 and best.runtime.bf16 == "auto"
@@ -49,7 +49,7 @@ def test_presets_say_what_they_claim():
     assert best.choices.optimizer == "sgd" and best.choices.scheduler == "onecycle"
     assert best.optimizer.nesterov and best.optimizer.momentum > 0  # "SGD with Nesterov momentum"
     assert best.scheduler.max_lr == best.lr  # "one-cycle peak"
-    fast = compose_cfg(["experiment=fast"])
+    fast = compose_cfg(["experiment=fast_bn_cnn"])
     assert fast.model.width == 16 and fast.epochs == 12 and fast.choices.optimizer == "adamw"
     assert (fast.lr, fast.batch_size, fast.label_smoothing, fast.tta) == (0.004, 128, 0.0, True)
     assert fast.choices.scheduler == "onecycle" and fast.model.dropout == 0.25
@@ -57,6 +57,32 @@ def test_presets_say_what_they_claim():
     assert fast.data.augment.hflip and not (
         fast.data.augment.crop_padding or fast.data.augment.erasing
     )
+
+
+def test_time_to_accuracy_presets_say_what_they_claim():
+    """experiment=fast and experiment=best: air_cnn with airbench's recipe; each comment in the
+    YAML files is checked here."""
+    for name in ("fast", "best"):
+        cfg = compose_cfg([f"experiment={name}"])
+        assert cfg.choices.model == "air_cnn" and cfg.model.whiten_kernel == 2 and cfg.model.dirac
+        assert cfg.choices.optimizer == "sgd" and cfg.optimizer.nesterov  # "Nesterov SGD"
+        assert cfg.optimizer.momentum == 0.85 and cfg.choices.scheduler == "triangle"
+        assert cfg.scheduler.end == 0.0 and cfg.scheduler.start == 0.2  # "linear decay to 0"
+        assert cfg.param_groups.norm.lr_scale == 64  # "BatchNorm biases learn 64x faster"
+        decay = cfg.optimizer.weight_decay  # "the same decay per step": lr x decay is kept
+        norm_decay = cfg.param_groups.norm.weight_decay
+        assert norm_decay * 64 == pytest.approx(decay, rel=0.05)
+        assert cfg.label_smoothing == 0.2 and cfg.batch_size == 256
+        assert cfg.data.augment.hflip and cfg.data.augment.alternate_flip
+        assert cfg.tta and cfg.data.val_size == 5000 and not cfg.runtime.bf16  # fp32
+        assert cfg.model.bn_momentum == 0.4
+    fast, best = compose_cfg(["experiment=fast"]), compose_cfg(["experiment=best"])
+    assert (fast.model.width1, fast.model.width2, fast.model.width3) == FAST_WIDTHS
+    assert fast.epochs == FAST_EPOCHS and fast.eval_every == fast.epochs  # "evaluated once"
+    assert fast.tta_translate == 0 and fast.data.augment.crop_padding == 0
+    assert (best.model.width1, best.model.width2, best.model.width3) == BEST_WIDTHS
+    assert best.epochs == BEST_EPOCHS and best.eval_every == BEST_EVAL_EVERY
+    assert best.tta_translate == BEST_TRANSLATE and best.data.augment.crop_padding == BEST_CROP
 
 
 def test_augmentation_keeps_shapes_range_and_labels(data_root):

@@ -197,7 +197,7 @@ def test_best_preset_logs_its_bf16_decision(tmp_path):
     run_dir = tmp_path / "run"
     run_train(
         [
-            "experiment=best",
+            "experiment=best_bn_cnn",
             "epochs=1",
             "limit_train_batches=2",
             "limit_test_batches=1",

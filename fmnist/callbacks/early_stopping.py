@@ -24,7 +24,7 @@ class EarlyStopping(Callback):
             log.warning("early stopping is off: no validation split (data.val_size=0)")
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
-        if state.monitor is None:
+        if state.monitor is None or state.monitor not in row:  # not evaluated (eval_every)
             return
         value = row[state.monitor]
         if better(state.monitor, value, self.best, self.min_delta):

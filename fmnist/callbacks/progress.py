@@ -67,11 +67,18 @@ class ProgressCallback(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        columns = [(m.name, m.fmt.format(row[m.name])) for m in METRICS if m.fmt and m.name in row]
+        shown = [m for m in METRICS if m.fmt and (m.name in row or self._evaluated(state, m.name))]
+        columns = [(m.name, m.fmt.format(row[m.name]) if m.name in row else "-") for m in shown]
         if not self._header_done:
             log.info("%s", " ".join(name.rjust(len(name) + 1) for name, _ in columns))
             self._header_done = True
         log.info("%s", " ".join(cell.rjust(len(name) + 1) for name, cell in columns))
+
+    @staticmethod
+    def _evaluated(state: RunState, name: str) -> bool:
+        """A val/test column this run has on evaluated epochs: "-" on the others (eval_every)."""
+        has_val = state.data is not None and state.data.val is not None
+        return name.startswith("test_") or (name.startswith("val_") and has_val)
 
     def on_exception(self, state: RunState, exc: BaseException) -> None:
         if self.bar is not None:

@@ -40,7 +40,7 @@ class TrialReport(Callback):
         log.info("trial %d of study %s (%s)", self.number, self.study, self.storage)
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
-        if self.trial is None:
+        if self.trial is None or state.monitor not in row:  # not evaluated (eval_every)
             return
         value = row[state.monitor]
         self.trial.report(value, step=state.epoch)

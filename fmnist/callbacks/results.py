@@ -9,12 +9,17 @@ from typing import Any
 from fmnist import CLASSES
 from fmnist.callbacks.base import Callback, RunState
 from fmnist.files import write_json, write_text
+from fmnist.metrics import METRICS
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """Metrics in METRICS' order, then the hyperparameters; a row without a column (an epoch
+    not evaluated: eval_every) leaves its cell empty."""
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
+    order = {m.name: i for i, m in enumerate(METRICS)} | {"run": -1}
+    columns.sort(key=lambda c: order.get(c, len(order)))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

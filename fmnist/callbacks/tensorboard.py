@@ -140,7 +140,7 @@ class TensorBoardCallback(Callback):
                 if param.grad is not None:
                     w.add_histogram(f"{name}.grad", param.grad.detach().float().cpu(), epoch)
         last = epoch == state.cfg.epochs or bool(state.should_stop)
-        if last or self.wants_outputs(state):
+        if "test" in state.evals and (last or self.wants_outputs(state)):
             embed = last or bool(self.embedding_interval and epoch % self.embedding_interval == 0)
             start = time.perf_counter()
             self._figures(state, epoch, embed)

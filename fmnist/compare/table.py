@@ -176,7 +176,8 @@ def summarize(
         if r["reason"]:
             row["reason"] = r["reason"]
         rows.append(row)
-        curves[r["run"]] = [(h["epoch"], h.get(monitor or "test_accuracy")) for h in history]
+        metric = monitor or "test_accuracy"  # epochs not evaluated (eval_every) have no point
+        curves[r["run"]] = [(h["epoch"], h[metric]) for h in history if h.get(metric) is not None]
     table = pd.DataFrame(rows)
     for column in ("selected_epoch", "epochs"):
         table[column] = table[column].astype("Int64")  # stays integer beside failed runs

@@ -14,14 +14,24 @@ from fmnist.runtime import to_device
 
 
 class Augment:
-    def __init__(self, crop_padding: int = 0, hflip: bool = False, erasing: float = 0.0):
+    def __init__(
+        self,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        erasing: float = 0.0,
+        alternate_flip: bool = False,
+    ):
         self.crop_padding, self.hflip, self.erasing = crop_padding, hflip, erasing
+        self.alternate_flip = alternate_flip  # the loader passes each image's `flip` per epoch
 
     @property
     def active(self) -> bool:
         return bool(self.crop_padding or self.hflip or self.erasing)
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, gen: torch.Generator, flip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`flip`: which images to mirror (alternating flip); None = each with p=0.5."""
         n, _, h, w = x.shape
         if self.crop_padding:
             p = self.crop_padding
@@ -33,7 +43,9 @@ class Augment:
             idx = torch.arange(n, device=x.device)[:, None, None]
             x = padded[:, 0][idx, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
         if self.hflip:
-            flip = to_device(torch.rand(n, generator=gen) < 0.5, x.device)
+            if flip is None:
+                flip = torch.rand(n, generator=gen) < 0.5
+            flip = to_device(flip, x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if self.erasing:
             x = self._erase(x, gen)

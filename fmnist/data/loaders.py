@@ -66,6 +66,10 @@ class MemoryLoader:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.augment = augment if augment and augment.active else None
         self.channels_last = channels_last
+        self.mirrored = None  # alternating flip: the images mirrored in odd epochs (fixed by seed)
+        if self.augment is not None and self.augment.alternate_flip:
+            self.mirrored = torch.rand(len(labels), generator=torch.Generator().manual_seed(seed))
+            self.mirrored = self.mirrored < 0.5
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -73,6 +77,12 @@ class MemoryLoader:
     @property
     def num_samples(self) -> int:
         return len(self.labels)
+
+    def sample_images(self, n: int, seed: int) -> torch.Tensor:
+        """Up to `n` images (N, 1, 28, 28) in [0, 1], a random choice fixed by `seed`, unaugmented:
+        what a model fits itself to before training (fmnist.models: `fit_to_data`)."""
+        pick = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.images[to_device(pick, self.images.device)].unsqueeze(1).float().div_(255)
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         gen = epoch_generator(self.seed, epoch)
@@ -82,16 +92,16 @@ class MemoryLoader:
             order = to_device(torch.randperm(n, generator=gen), self.images.device)  # device
         for start in range(0, n, self.batch_size):
             if order is None:
-                x, y = (
-                    self.images[start : start + self.batch_size],
-                    self.labels[start : start + self.batch_size],
-                )
+                idx = slice(start, start + self.batch_size)
             else:
                 idx = order[start : start + self.batch_size]
-                x, y = self.images[idx], self.labels[idx]
+            x, y = self.images[idx], self.labels[idx]
             x = x.unsqueeze(1).float().div_(255)
             if self.augment is not None:
-                x = self.augment(x, gen)
+                flip = None
+                if self.mirrored is not None:  # every other epoch each image is mirrored
+                    flip = self.mirrored[idx.cpu() if order is not None else idx] ^ (epoch % 2 == 0)
+                x = self.augment(x, gen, flip)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
@@ -131,6 +141,11 @@ class TorchvisionLoader:
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
+
+    def sample_images(self, n: int, seed: int) -> torch.Tensor:
+        """As `MemoryLoader.sample_images`, read through torchvision."""
+        pick = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(seed))[:n]
+        return torch.stack([self.dataset[int(i)][0] for i in pick]).to(self.device)
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         gen = epoch_generator(self.seed, epoch)

@@ -22,10 +22,12 @@ from fmnist.config import ConfigError
 from fmnist.data import build_data
 from fmnist.engine.graphs import load_optimizer_state, optimizer_options, want_graphs
 from fmnist.models import build_model, check_fits_the_data, count_parameters, model_spec
+from fmnist.param_groups import param_groups
 from fmnist.runtime import configure, decide_bf16, pick_device, seed_everything
 from fmnist.state import RunState, set_rng_state
 
 log = logging.getLogger("fmnist")
+FIT_IMAGES = 5000  # training images a model may fit itself to before training (whitening)
 
 
 @contextmanager
@@ -64,6 +66,8 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunSta
     spec = model_spec(cfg.model)
     model = build_model(spec)  # only this package's models (fmnist/models/)
     check_fits_the_data(model, spec, len(CLASSES))
+    if hasattr(model, "fit_to_data"):  # e.g. air_cnn's whitening: from training images only
+        model.fit_to_data(data.train.sample_images(FIT_IMAGES, cfg.seed))
     model = model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -73,8 +77,10 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunSta
             model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema.decay), use_buffers=True
         )
     graphs = want_graphs(cfg, device)
+    with refused_as("param_groups", "by kind"):
+        groups = param_groups(model, OmegaConf.to_container(cfg.param_groups), cfg.lr)
     with refused_as("optimizer", cfg.choices.optimizer):
-        optimizer = instantiate(cfg.optimizer)(model.parameters(), **optimizer_options(cfg, graphs))
+        optimizer = instantiate(cfg.optimizer)(groups, **optimizer_options(cfg, graphs))
     batches = min(len(data.train), cfg.limit_train_batches or len(data.train))
     scheduler = None
     if cfg.scheduler:

@@ -31,7 +31,8 @@ def fit(run: RunState, tracker: Tracker, stop: StopOnSignal | None = None) -> di
             run.epoch, run.epoch_start = epoch, time.perf_counter()
             tracker.on_epoch_start(run)
             train_epoch(run, step, tracker, stop)
-            tracker.on_epoch_end(run, end_epoch(run, tracker.wants_outputs(run)))
+            keep = evaluated(run) and tracker.wants_outputs(run)
+            tracker.on_epoch_end(run, end_epoch(run, keep))
             stop.check()
             if run.should_stop:
                 log.info("stopping after epoch %d: %s", epoch, run.should_stop)
@@ -63,16 +64,24 @@ def train_epoch(run: RunState, step: Step, tracker: Tracker, stop: StopOnSignal)
         stop.check()
 
 
+def evaluated(run: RunState) -> bool:
+    """Whether this epoch evaluates val and test: every `eval_every` epochs and the last."""
+    return run.epoch % run.cfg.eval_every == 0 or run.epoch == run.cfg.epochs
+
+
 def end_epoch(run: RunState, keep: bool) -> dict[str, Any]:
-    """Evaluate, select (on validation only), and build this epoch's results row. `keep`: the
-    evaluations also keep probabilities and misclassified images (a callback asked for them)."""
+    """Evaluate (on evaluated epochs), select (on validation only), and build this epoch's
+    results row. `keep`: the evaluations also keep probabilities and misclassified images (a
+    callback asked for them)."""
     cfg, data, model = run.cfg, run.data, run.eval_model
     check_finite(run, f"in epoch {run.epoch}")
-    run.evals["test"] = evaluate(
-        model, data.test, cfg.limit_test_batches, 32 if keep else 0, cfg.tta, keep_outputs=keep
-    )
+    run.evals = {}
+    if not evaluated(run):
+        return results_row(run)
+    tta = {"tta": cfg.tta, "translate": cfg.tta_translate, "keep_outputs": keep}
+    run.evals["test"] = evaluate(model, data.test, cfg.limit_test_batches, 32 if keep else 0, **tta)
     if data.val is not None:
-        run.evals["val"] = evaluate(model, data.val, keep_wrong=0, tta=cfg.tta, keep_outputs=keep)
+        run.evals["val"] = evaluate(model, data.val, keep_wrong=0, **tta)
     return results_row(run)
 
 
@@ -80,18 +89,21 @@ def results_row(run: RunState) -> dict[str, Any]:
     """This epoch's row from the training sums and `run.evals`; appended to the history, and the
     selected epoch updated. The fused loop (fmnist/fused/) builds its members' rows here too."""
     seen, train_correct = run.running_seen, int(run.running_correct.item())
-    test = run.evals["test"]
     row: dict[str, Any] = {
         "run": run.name,
         "epoch": run.epoch,
         "loss": run.running_loss.item() / seen,
         "accuracy": train_correct / seen,
         "num_correct": train_correct,
-        "test_loss": test["loss"],
-        "test_accuracy": test["accuracy"],
-        "test_num_correct": test["num_correct"],
     }
-    if run.data.val is not None:
+    if "test" in run.evals:  # an epoch without evaluation (eval_every) has no test/val columns
+        test = run.evals["test"]
+        row |= {
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "test_num_correct": test["num_correct"],
+        }
+    if "val" in run.evals:
         row |= {"val_loss": run.evals["val"]["loss"], "val_accuracy": run.evals["val"]["accuracy"]}
     row["lr_current"] = run.optimizer.param_groups[0]["lr"]
     now = time.perf_counter()
@@ -108,9 +120,9 @@ def select(run: RunState) -> None:
     chosen = metrics.select(run.history, run.monitor)
     run.best = {
         "metric": run.monitor,
-        "value": chosen[run.monitor] if run.monitor else None,
+        "value": chosen.get(run.monitor) if run.monitor else None,
         "epoch": chosen["epoch"],
-        "test_accuracy": chosen["test_accuracy"],
+        "test_accuracy": chosen.get("test_accuracy"),
     }
 
 

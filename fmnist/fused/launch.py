@@ -45,6 +45,7 @@ FUSABLE = frozenset(
         "label_smoothing",
         "grad_clip",
         "ema",
+        "param_groups",
         "monitor",
         "callbacks",
         "trial",

@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from fmnist.engine.loop import results_row
+from fmnist.engine.loop import evaluated, results_row
 from fmnist.engine.signals import StopOnSignal
 from fmnist.engine.step import check_finite
 from fmnist.fused.model import FusedModel, stack_inputs
 from fmnist.metrics import Evaluation, batches
 from fmnist.rundir import RunDirectory, write_traceback
 from fmnist.state import RunState
+from fmnist.tta import tta_logits
 
 log = logging.getLogger("fmnist")
 
@@ -207,8 +208,13 @@ class FusedFit:
         if not self.members:
             return
         runs = [m.run for m in self.members]
-        keep = [r.tracker.wants_outputs(r) for r in runs]
         first = runs[0]
+        for r in runs:
+            r.evals = {}
+        if not evaluated(first):  # eval_every: the members' rows without val and test
+            self._rows_and_callbacks()
+            return
+        keep = [r.tracker.wants_outputs(r) for r in runs]
         test = self.evaluate(first.data.test, first.cfg.limit_test_batches, keep, wrong=32)
         val = None
         if first.data.val is not None:
@@ -217,6 +223,9 @@ class FusedFit:
             r.evals["test"] = test[i]
             if val is not None:
                 r.evals["val"] = val[i]
+        self._rows_and_callbacks()
+
+    def _rows_and_callbacks(self) -> None:
         rows = {}
         for m in self.members:
             with failure_kept(m):
@@ -229,8 +238,9 @@ class FusedFit:
 
     @torch.inference_mode()
     def evaluate(self, loader: Any, limit: int | None, keep: list[bool], wrong: int) -> list[dict]:
-        tta = bool(self.members[0].run.cfg.tta)
-        sums = [Evaluation(wrong if k else 0, tta, k) for k in keep]
+        cfg = self.members[0].run.cfg
+        tta, translate = bool(cfg.tta), cfg.tta_translate
+        sums = [Evaluation(wrong if k else 0, tta, k, translate) for k in keep]
         model, k = self.eval_model, len(self.members)
         was_training = model.members[0].training
         model.train(False)
@@ -243,9 +253,7 @@ class FusedFit:
                 strict=True,
             ):
                 xs = stack_inputs([x] * k, self.channels_last)
-                logits = model(xs).float()
-                if tta:
-                    logits = (logits + model(xs.flip(-1)).float()) / 2
+                logits = tta_logits(lambda v: model(v).float(), xs, tta, translate)
                 for i, s in enumerate(sums):
                     s.add(x, y, logits[:, i])
         model.train(was_training)

@@ -97,6 +97,15 @@ FUSED_LEAVES: dict[type, type] = {
 }
 
 
+def _fused_leaf(layer: type) -> type | None:
+    """The fused class for a layer, or for a subclass that keeps its base's forward (air_cnn's
+    Whitening is a Conv2d with frozen weights)."""
+    for base in layer.__mro__:
+        if base in FUSED_LEAVES:
+            return FUSED_LEAVES[base] if layer.forward is base.forward else None
+    return None
+
+
 class FusedModel(nn.Module):
     """`members`' forward as one module: input [N, K*C, H, W], output [N, K, classes]."""
 
@@ -110,7 +119,7 @@ class FusedModel(nn.Module):
         for name, module in list(twin.named_modules()):
             if not name or not _has_own_state(module):
                 continue
-            fused = FUSED_LEAVES.get(type(module))
+            fused = _fused_leaf(type(module))
             if fused is None:
                 raise FusionError(f"cannot fuse {type(module).__name__} ({name})")
             parent, _, leaf = name.rpartition(".")
