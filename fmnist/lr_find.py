@@ -61,7 +61,7 @@ def range_test(
     for i, (x, y) in zip(range(steps), batches, strict=False):
         lr = lr_min * (lr_max / lr_min) ** (i / max(1, steps - 1))
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # param_groups keep their ratios
         run.running_loss.zero_()
         step(x, y)
         value = run.running_loss.item() / len(y)

@@ -23,7 +23,7 @@ from fmnist.engine import train
 from fmnist.engine.step import NonFiniteLossError
 from fmnist.models import ModelError
 from fmnist.paths import conf_dir
-from fmnist.rundir import RunDirError, read_status
+from fmnist.rundir import RunDirError, objective
 
 CONF_DIR = str(conf_dir())  # the wheel's fmnist/conf, or the checkout's conf/
 EXPECTED = (
@@ -46,8 +46,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise  # a sweep records the failure and goes on with the other jobs
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, EXPECTED) and not isinstance(exc, NonFiniteLossError) else 1)
-    status = read_status(cfg.output_dir) or {}
-    return status.get("objective")  # the same value when a rerun skips a completed job
+    return objective(cfg.output_dir)
 
 
 def one_line(exc: BaseException) -> str:

@@ -36,8 +36,8 @@ def param_groups(model: nn.Module, settings: dict[str, Any], lr: float) -> list[
         for name, p in module.named_parameters(recurse=False):
             if p.requires_grad:
                 by_kind[kind_of(module, name) if settings else "weight"].append(p)
-    groups = []
-    for kind, params in by_kind.items():
+    groups = []  # the plain weights first: results' lr_current is group 0's
+    for kind, params in sorted(by_kind.items(), key=lambda item: item[0] != "weight"):
         if not params:
             continue
         group: dict[str, Any] = {"params": params, "kind": kind, "lr_scale": 1.0}

@@ -57,6 +57,21 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
+def finished(status: dict[str, Any] | None, epochs: int) -> bool:
+    """Whether a run with this status has nothing left to train for `epochs`: completed them
+    (or stopped early), or pruned (a pruned trial stays as its search left it)."""
+    if not status:
+        return False
+    done = int(status.get("last_epoch") or 0) >= epochs or status.get("stopped_early")
+    return (status.get("status") == "completed" and bool(done)) or status.get("status") == "pruned"
+
+
+def objective(run_dir: str | Path) -> float | None:
+    """What a sweeper optimizes for this run: the monitored value of its selected epoch, as its
+    status.json records it (also for a completed run that a rerun skips); None if unknown."""
+    return (read_status(run_dir) or {}).get("objective")
+
+
 def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into the run's status.json (atomically) and return it."""
     status = read_status(run_dir) or {}
@@ -191,9 +206,8 @@ def plan_run(run_dir: Path, hparams: dict[str, Any], epochs: int) -> Plan:
         raise RunDirError(
             f"output dir {run_dir} already holds a different run ({diff}); use another directory"
         )
-    done = int(status.get("last_epoch") or 0) >= epochs or status.get("stopped_early")
-    if (status.get("status") == "completed" and done) or status.get("status") == "pruned":
-        return Plan("complete", status=status)  # a pruned trial stays as its search left it
+    if finished(status, epochs):
+        return Plan("complete", status=status)
     if status.get("status") == "failed":
         return Plan("fresh", stale=True)
     for which in ("last", "best"):  # best.pt is the fallback when last.pt was damaged

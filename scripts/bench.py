@@ -255,7 +255,9 @@ def option_rows(root: str, device: torch.device, epochs: int) -> list[dict]:
 
 
 def bf16_rows(device: torch.device) -> list[dict]:
-    """Why `experiment=best` sets runtime.bf16 and the default does not: measured, interleaved."""
+    """Why `experiment=fast` and `best_bn_cnn` set runtime.bf16=auto and the default does not:
+    measured, interleaved."""
+    from fmnist.models.air_cnn import AirCNN
     from fmnist.models.bn_cnn import BNCNN
 
     rows = []
@@ -263,6 +265,7 @@ def bf16_rows(device: torch.device) -> list[dict]:
         ("seed_cnn", SeedCNN, 100),
         ("seed_cnn", SeedCNN, 1000),
         ("bn_cnn width 32", lambda: BNCNN(width=32), 128),
+        ("air_cnn 24/48/96 (experiment=fast)", lambda: AirCNN(24, 48, 96), 256),
     ):
         fp32, bf16 = [], []
         for _ in range(3):

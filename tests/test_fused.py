@@ -99,8 +99,11 @@ def test_jobs_group_by_what_they_share(data_root):
     assert key("lr=0.001") == base  # each member owns these
     assert key("seed=3", "shuffle=false", "label_smoothing=0.1", "optimizer=sgd") == base
     assert key("data.augment.hflip=true", "ema.decay=0.99", "grad_clip=1.0") == base
+    assert key("param_groups.norm.lr_scale=64", "data.augment.alternate_flip=true") == base
     for other in ("batch_size=1000", "epochs=3", "model=bn_cnn", "tta=true", "data.val_size=0"):
         assert key(other) != base, other
+    assert key("eval_every=2") != base  # evaluation is shared: its epochs and views too
+    assert key("tta=true", "tta_translate=1") != key("tta=true")
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -157,6 +160,13 @@ def test_a_fused_group_makes_the_standalone_runs_and_a_diverging_member_fails_al
         assert set(first["model"]) == set(
             torch.load(theirs / "checkpoints" / "last.pt", weights_only=True)["model"]
         )  # a standalone model's state_dict: evaluate, predict and export read it as any other
+    before = {p: p.stat().st_mtime_ns for p in fused.glob("*lr=0.0*/results.json")}
+    again = run_train(  # the finished jobs again, probe on: nothing to measure, nothing trained
+        ["-m", "hydra/launcher=fused", "lr=0.01,0.003", *SHORT, f"hydra.sweep.dir={fused}"],
+        cwd=tmp_path,
+    )
+    assert "a training step of" not in again.stdout + again.stderr  # no probe
+    assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 @pytest.mark.slow

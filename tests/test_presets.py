@@ -62,7 +62,7 @@ def test_presets_say_what_they_claim():
 def test_time_to_accuracy_presets_say_what_they_claim():
     """experiment=fast and experiment=best: air_cnn with airbench's recipe; each comment in the
     YAML files is checked here."""
-    for name in ("fast", "best"):
+    for name in ("fast", "best", "best_gpu"):
         cfg = compose_cfg([f"experiment={name}"])
         assert cfg.choices.model == "air_cnn" and cfg.model.whiten_kernel == 2 and cfg.model.dirac
         assert cfg.choices.optimizer == "sgd" and cfg.optimizer.nesterov  # "Nesterov SGD"
@@ -74,15 +74,21 @@ def test_time_to_accuracy_presets_say_what_they_claim():
         assert norm_decay * 64 == pytest.approx(decay, rel=0.05)
         assert cfg.label_smoothing == 0.2 and cfg.batch_size == 256
         assert cfg.data.augment.hflip and cfg.data.augment.alternate_flip
-        assert cfg.tta and cfg.data.val_size == 5000 and not cfg.runtime.bf16  # fp32
-        assert cfg.model.bn_momentum == 0.4
+        assert cfg.tta and cfg.data.val_size == 5000 and cfg.model.bn_momentum == 0.4
     fast, best = compose_cfg(["experiment=fast"]), compose_cfg(["experiment=best"])
-    assert (fast.model.width1, fast.model.width2, fast.model.width3) == FAST_WIDTHS
-    assert fast.epochs == FAST_EPOCHS and fast.eval_every == fast.epochs  # "evaluated once"
+    assert (fast.model.width1, fast.model.width2, fast.model.width3) == (24, 48, 96)
+    assert fast.epochs == 12 and fast.eval_every == fast.epochs  # "evaluated once"
     assert fast.tta_translate == 0 and fast.data.augment.crop_padding == 0
-    assert (best.model.width1, best.model.width2, best.model.width3) == BEST_WIDTHS
-    assert best.epochs == BEST_EPOCHS and best.eval_every == BEST_EVAL_EVERY
-    assert best.tta_translate == BEST_TRANSLATE and best.data.augment.crop_padding == BEST_CROP
+    assert fast.runtime.bf16 == "auto"  # "only where the CPU has it natively"
+    assert (best.model.width1, best.model.width2, best.model.width3) == (32, 64, 128)
+    assert best.epochs == 36 and best.eval_every == 6 and best.epochs % best.eval_every == 0
+    assert best.tta_translate == 1 and best.data.augment.crop_padding == 2
+    assert best.runtime.bf16 is False  # "fp32"
+    gpu = compose_cfg(["experiment=best_gpu"])  # best, with airbench94's widths and batch
+    assert (gpu.model.width1, gpu.model.width2, gpu.model.width3) == (64, 256, 256)
+    assert (gpu.lr, gpu.batch_size, gpu.epochs, gpu.eval_every) == (1.5, 1024, 40, 5)
+    assert gpu.tta_translate == 1 and gpu.data.augment.crop_padding == 2
+    assert gpu.choices.scheduler == "triangle" and gpu.runtime.bf16 == "auto"
 
 
 def test_augmentation_keeps_shapes_range_and_labels(data_root):

@@ -30,7 +30,7 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from fmnist.rundir import read_status
+from fmnist.rundir import finished, objective, read_status
 
 log = logging.getLogger("fmnist")
 
@@ -121,7 +121,7 @@ def plan_groups(
             plans.append((same, reason))
             continue
         size = min(len(same), max_members)
-        if probe:
+        if probe and not all(finished(read_status(j.task.output_dir), j.task.epochs) for j in same):
             with hydra_config(same[0].config):
                 size, per_member = best_size(same[0].task, size)
             timings = ", ".join(f"{k}: {ms:.1f}" for k, ms in per_member.items())
@@ -245,7 +245,7 @@ def run_group(launcher: Any, group: list[Job]) -> dict[int, JobReturn]:
         ret, member = rets[job.idx], members[job.idx]
         if member.error is None:
             ret.status = JobStatus.COMPLETED
-            ret.return_value = (read_status(job.task.output_dir) or {}).get("objective")
+            ret.return_value = objective(job.task.output_dir)
         else:
             ret.status, ret.return_value = JobStatus.FAILED, member.error
         ret.task_name = JobRuntime.instance().get("name")

@@ -3,7 +3,8 @@
 `REGISTRY` is every `nn.Module` subclass here that takes `num_classes`, found by importing its modules:
 a new model is one class here and one YAML file, no other edit. Models are built only from this
 allow-list with plain-valued arguments, so a config or checkpoint from someone else can name a
-model but never run other code (see README, "Run directories from others").
+model but never run other code (see README, "Run directories from others"). A model may define
+`fit_to_data(images)`: the engine calls it before training with training images only.
 """
 
 from __future__ import annotations
