@@ -72,7 +72,7 @@ def test_time_to_accuracy_presets_say_what_they_claim():
         decay = cfg.optimizer.weight_decay  # "the same decay per step": lr x decay is kept
         norm_decay = cfg.param_groups.norm.weight_decay
         assert norm_decay * 64 == pytest.approx(decay, rel=0.05)
-        assert cfg.label_smoothing == 0.2 and cfg.batch_size == 256
+        assert cfg.label_smoothing == 0.2 and cfg.batch_size == (1024 if "gpu" in name else 256)
         assert cfg.data.augment.hflip and cfg.data.augment.alternate_flip
         assert cfg.tta and cfg.data.val_size == 5000 and cfg.model.bn_momentum == 0.4
     fast, best = compose_cfg(["experiment=fast"]), compose_cfg(["experiment=best"])
