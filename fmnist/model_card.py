@@ -7,6 +7,7 @@ from typing import Any
 from fmnist import CLASSES
 from fmnist.models import count_parameters
 from fmnist.provenance import as_markdown
+from fmnist.tta import describe
 
 LIMITS = (
     "Shirt is the weakest class: it is confused with T-shirt/top, Pullover and Coat (see the "
@@ -77,7 +78,8 @@ def model_card(trained: Any, evaluations: dict[str, dict], onnx_check: dict[str,
     ]
     for name, ev in (("validation", val), ("test", test)):
         if ev is not None:
-            tta = " (flip TTA)" if ev.get("tta") else ""
+            tta = describe(bool(ev.get("tta")), ev.get("tta_translate") or 0)
+            tta = f" ({tta})" if tta else ""
             lines.append(
                 f"| {name}{tta} | {ev['accuracy']:.4f} | {ev['loss']:.4f} | {ev['num_samples']:,} |"
             )
