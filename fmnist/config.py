@@ -35,27 +35,55 @@ class AugmentConfig:
     erasing: float = 0.0  # probability of random erasing per image; 0 = off
 
 
+def key(
+    default: Any = None,
+    *,
+    factory: Any = None,
+    identity: bool = True,
+    member: bool = False,
+    named: bool = True,
+) -> Any:
+    """A schema field with the facts every part of the package derives from it (fmnist/hparams.py):
+    `identity`: it changes what a run trains or selects, so a run directory that holds another
+    value is refused (machine settings may change: a requeued job may land on another node);
+    `member`: it may differ between the members of one fused group (what each run owns);
+    `named`: a swept value appears in the job's directory name (otherwise sweeping it is refused,
+    since its jobs would share a directory). A field without them takes its parent's."""
+    meta = {"identity": identity, "member": member, "named": named}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# Config groups chosen on the command line that are not schema keys and that never tell runs
+# apart (a sweep preset, the search): left out of job directory names too.
+UNNAMED_GROUPS = ("sweep", "hparams_search")
+
+
 @dataclass
 class DataConfig:
-    root: str = "data"  # holds FashionMNIST/raw/; conf/data/ sets it from fmnist.paths.data_root
+    # holds FashionMNIST/raw/; conf/data/ sets it from fmnist.paths.data_root
+    root: str = key("data", identity=False, named=False)
     loader: Loader = Loader.memory
     val_size: int = 5000  # held out of the 60,000, stratified by class; 0 = the article's setup
     split_seed: int = 0  # fixes which images form the validation split, whatever `seed` is
-    eval_batch_size: int = 1000  # test/val evaluation batch; no gradients, so large is fine
-    download: bool = True  # allow torchvision's download / apt-get when files are missing
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # test/val evaluation batch; no gradients, so large is fine
+    eval_batch_size: int = key(1000, identity=False)
+    download: bool = key(True, identity=False)  # allow torchvision's download / apt-get
+    augment: AugmentConfig = key(factory=AugmentConfig, member=True)
 
 
 @dataclass
 class RuntimeConfig:
-    threads: int = 0  # torch intra-op threads; 0 = cores / concurrent sweep jobs
+    """How this machine runs the training: never part of a run's identity."""
+
+    threads: int = key(0, identity=False, named=False)  # torch threads; 0 = all cores
     channels_last: bool = True  # measured faster for conv nets on CPU
     flush_denormal: bool = True  # denormal floats are slow on x86
     compile: bool = False  # torch.compile: slower here for small nets, costs warm-up
     cuda_graphs: bool | None = None  # replay each step as a CUDA graph; null = on where safe
-    bf16: Any = (
-        False  # bf16 autocast: true, false, or auto (on only where bf16 is native and faster)
-    )
+    # bf16 autocast: true, false, or auto (on only where bf16 is native and faster)
+    bf16: Any = False
     nan_check_interval: int = 0  # check loss every N steps; 0 = every step on CPU, 50 on GPU
     detect_anomaly: bool = False  # autograd anomaly detection (debug=anomaly): slow, names the op
 
@@ -74,7 +102,7 @@ class ParamGroupConfig:
 
 @dataclass
 class ParamGroupsConfig:
-    """One entry per kind of parameter (fmnist/param_groups.py)."""
+    """One entry per kind of parameter (fmnist/engine/param_groups.py)."""
 
     norm: ParamGroupConfig = field(default_factory=ParamGroupConfig)  # BatchNorm etc.
     bias: ParamGroupConfig = field(default_factory=ParamGroupConfig)  # other layers' biases
@@ -82,43 +110,40 @@ class ParamGroupsConfig:
 
 
 @dataclass
-class TrialConfig:
-    """Set by the Optuna sweeper (hparams_search=optuna) in each job it launches; null otherwise."""
-
-    number: int | None = None  # the trial this run trains; its directory is trial_<number>
-    study: str | None = None  # hydra.sweeper.study_name
-    storage: str | None = None  # the study's storage: a journal file path or a database URL
-
-
-@dataclass
 class TrainConfig:
-    lr: float = 0.01
+    lr: float = key(0.01, member=True)
     batch_size: int = 100
-    shuffle: bool = True
-    epochs: int = 5
-    seed: int = 0
-    device: str = "auto"
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None  # clip the gradients' global norm to this; None = off
-    monitor: str = "val_accuracy"  # the objective: best.pt, sweeps and compare (val_loss also)
+    shuffle: bool = key(True, member=True)
+    epochs: int = key(5, identity=False)  # a finished run may be trained further
+    seed: int = key(0, member=True)
+    device: str = key("auto", identity=False, named=False)
+    label_smoothing: float = key(0.0, member=True)
+    # clip the gradients' global norm to this; None = off
+    grad_clip: float | None = key(None, member=True)
+    # the objective: best.pt, sweeps and compare (val_loss also)
+    monitor: str = key("val_accuracy", member=True)
     tta: bool = False  # evaluate on the mean of each image and its mirror image
     tta_translate: int = 0  # with tta, also both views shifted by +-N pixels (multi-crop); 0 = off
     eval_every: int = 1  # evaluate val and test every N epochs and at the last one; 1 = each
-    limit_train_batches: int | None = None  # cap batches per epoch (quick tests); None = all
-    limit_test_batches: int | None = None
-    resume: str | None = None  # a run directory to continue (see README)
-    output_dir: str = "???"  # the run's directory; ${hydra:runtime.output_dir} in conf/train.yaml
-    choices: dict[str, Any] = field(default_factory=dict)  # chosen group files (model=bn_cnn)
-    ema: EMAConfig = field(default_factory=EMAConfig)
+    # cap batches per epoch (quick tests); None = all
+    limit_train_batches: int | None = key(None, named=False)
+    limit_test_batches: int | None = key(None, named=False)
+    # a run directory to continue (see README)
+    resume: str | None = key(None, identity=False, member=True, named=False)
+    # the run's directory; ${hydra:runtime.output_dir} in conf/train.yaml
+    output_dir: str = key("???", identity=False, member=True, named=False)
+    # chosen group files (model=bn_cnn); the model's own values must match to fuse
+    choices: dict[str, Any] = key(factory=dict, member=True)
+    ema: EMAConfig = key(factory=EMAConfig, member=True)
     # per kind of parameter (norm, bias, weight): its own lr scale and weight decay
-    param_groups: ParamGroupsConfig = field(default_factory=ParamGroupsConfig)
+    param_groups: ParamGroupsConfig = key(factory=ParamGroupsConfig, member=True)
     model: Any = None
-    optimizer: Any = None
-    scheduler: Any = None
+    optimizer: Any = key(None, member=True)
+    scheduler: Any = key(None, member=True)
     data: DataConfig = field(default_factory=DataConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    callbacks: dict[str, Any] = field(default_factory=dict)
-    trial: TrialConfig = field(default_factory=TrialConfig)
+    runtime: RuntimeConfig = key(factory=RuntimeConfig, identity=False)
+    # what is logged and saved: never what is trained (early stopping records its stop)
+    callbacks: dict[str, Any] = key(factory=dict, identity=False, member=True, named=False)
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -128,6 +153,42 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 OmegaConf.register_new_resolver("fmnist.pid", lambda: os.getpid(), use_cache=True, replace=True)
 
 OmegaConf.register_new_resolver("fmnist.data_root", data_root, replace=True)
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def auto_threads() -> int:
+    """`runtime.threads` of a job, decided when its config is composed; the run then reads it
+    from its config like any other value. Cores this job may use: cores / the jobs joblib runs at once (its n_jobs, or fewer when an
+    Optuna search launches fewer), a submitit job's cpus_per_task, else all.
+
+    Set in every job: oversubscribed cores (2 jobs x 2 threads on 2 cores) run ~17x slower.
+    """
+    cores = cpu_cores()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher
+    except ValueError:  # not inside a Hydra job
+        return cores
+    if launcher.get("cpus_per_task"):
+        return max(1, min(cores, int(launcher.cpus_per_task)))
+    n_jobs = launcher.get("n_jobs")
+    if not n_jobs:
+        return cores
+    at_once = cores if n_jobs < 0 else int(n_jobs)
+    batch = HydraConfig.get().sweeper.get("n_jobs")  # an Optuna search launches this many
+    if isinstance(batch, int) and batch >= 1:
+        at_once = min(at_once, batch)
+    return max(1, cores // at_once)
+
+
+OmegaConf.register_new_resolver("fmnist.job_threads", auto_threads, replace=True)
 
 OmegaConf.register_new_resolver(
     "fmnist.direction",
@@ -166,9 +227,7 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(0 <= cfg.data.val_size < 60000, "data.val_size", cfg.data.val_size, "must be 0..59999")
     _check(cfg.data.eval_batch_size >= 1, "data.eval_batch_size", cfg.data.eval_batch_size, ">= 1")
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
+    cores = cpu_cores()
     _check(
         0 <= cfg.runtime.threads <= cores,
         "runtime.threads",

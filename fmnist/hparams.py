@@ -1,73 +1,119 @@
-"""A run's hyperparameters as one flat dict of plain values (results rows, TensorBoard, compare).
-
-Which keys tell runs apart is defined here once: `NOT_IDENTITY` for "is this directory the same
-run" (resume), `DERIVED` for values computed from the config. Which overrides are left out of a
-sweep job's directory name is Hydra's `exclude_keys` (conf/hydra/default.yaml); sweeping one of
-those is refused before any job starts (fmnist/sweep.py).
+"""What the schema's facts about each key (`fmnist.config.key`) mean for a run: its identity
+(resume), what a fused group must share, what names a sweep job's directory, and its flat
+hyperparameters (results rows, TensorBoard's HParams, compare). Nothing here lists keys by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-TOP_LEVEL = (
-    "lr",
-    "batch_size",
-    "shuffle",
-    "epochs",
-    "seed",
-    "label_smoothing",
-    "grad_clip",
-    "limit_train_batches",
-    "limit_test_batches",
-)
-GROUPS = ("model", "optimizer", "scheduler")
+from fmnist.config import UNNAMED_GROUPS, TrainConfig
+
 DERIVED = frozenset({"params"})  # computed from the model: shown, never used to tell runs apart
-NOT_IDENTITY = frozenset({"epochs"}) | DERIVED  # a finished run may be trained further
+GROUPS = ("model", "optimizer", "scheduler")  # group files shown with all their values
+ROOT_FACTS = {"identity": True, "member": False, "named": True}
+REFERENCE = re.compile(r"\$\{[\w.]+\}")  # `${lr}`: a plain reference to another key
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """Top-level values, the chosen group files (`model=bn_cnn`) and their settings, data options."""
-    plain = {  # the hydra node (present when composed with return_hydra_config) is not ours
-        k: OmegaConf.to_container(v, resolve=True, enum_to_str=True)
-        if OmegaConf.is_config(v)
-        else v
-        for k, v in cfg.items()
-        if k != "hydra"
-    }
-    out: dict[str, Any] = {k: plain[k] for k in TOP_LEVEL if plain.get(k) is not None}
-    for group in GROUPS:
-        out[group] = str(plain["choices"][group])
-        for key, value in (plain.get(group) or {}).items():
-            if not key.startswith("_") and not (key == "lr" and value == plain["lr"]):
-                out[f"{group}.{key}"] = value
-    data = plain["data"]
-    out["data.loader"] = data["loader"]
-    out["data.val_size"] = data["val_size"]
-    if data["val_size"]:
-        out["data.split_seed"] = data["split_seed"]
-    for key, value in data["augment"].items():
-        if value:
-            out[f"data.augment.{key}"] = value
-    if (plain.get("ema") or {}).get("decay"):
-        out["ema.decay"] = plain["ema"]["decay"]
-    if plain.get("tta"):
-        out["tta"] = True
-        if plain.get("tta_translate"):
-            out["tta_translate"] = plain["tta_translate"]
-    if plain.get("eval_every", 1) != 1:  # which epochs can be selected
-        out["eval_every"] = plain["eval_every"]
-    if plain.get("param_groups"):  # only the settings given
-        for kind, group in plain["param_groups"].items():
-            for key, value in (group or {}).items():
-                if value is not None:
-                    out[f"param_groups.{kind}.{key}"] = value
-    if (plain.get("trial") or {}).get("number") is not None:  # an Optuna search's trial
-        out["trial"] = plain["trial"]["number"]
+def facts(path: str) -> dict[str, bool]:
+    """The facts of a dotted key: its own field's, else its nearest parent's."""
+    found, node = ROOT_FACTS, TrainConfig
+    for part in path.split("."):
+        fields = {f.name: f for f in dataclasses.fields(node)} if node else {}
+        if part not in fields:
+            break
+        field = fields[part]
+        found = dict(field.metadata) or found
+        node = field.type if dataclasses.is_dataclass(field.type) else None
+        if node is None and isinstance(field.type, str):  # postponed annotations
+            node = _dataclass_named(field.type)
+    return found
+
+
+def _dataclass_named(name: str) -> type | None:
+    import fmnist.config as config
+
+    candidate = getattr(config, name, None)
+    return candidate if dataclasses.is_dataclass(candidate) else None
+
+
+def leaves(cfg: DictConfig | dict[str, Any], prefix: str | None = None) -> dict[str, Any]:
+    """Every value of the (resolved) config by its dotted key; Hydra's own node left out."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if prefix is None else cfg
+    prefix = prefix or ""
+    out: dict[str, Any] = {}
+    for key, value in plain.items():
+        if not prefix and key == "hydra":
+            continue
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out |= leaves(value, f"{path}.")
+        else:
+            out[path] = value
     return out
 
 
-def identity(hparams: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in hparams.items() if k not in NOT_IDENTITY}
+def references(cfg: DictConfig) -> set[str]:
+    """Keys whose value is another key's (`optimizer.lr: ${lr}`): not a fact of their own."""
+    raw = leaves(OmegaConf.to_container(cfg, resolve=False), "")
+    return {k for k, v in raw.items() if isinstance(v, str) and REFERENCE.fullmatch(v)}
+
+
+def own_leaves(cfg: DictConfig) -> dict[str, Any]:
+    skip = references(cfg)
+    return {k: v for k, v in leaves(cfg).items() if k not in skip}
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """What makes a run this run: a run directory holding other values is refused on resume."""
+    return {k: v for k, v in own_leaves(cfg).items() if facts(k)["identity"]}
+
+
+def shared(cfg: DictConfig) -> dict[str, Any]:
+    """What every member of a fused group must have equal (all but what each member owns)."""
+    return {k: v for k, v in own_leaves(cfg).items() if not facts(k)["member"]}
+
+
+def named(override_key: str) -> bool:
+    """Whether a swept key appears in job directory names (`fmnist.dirname`)."""
+    key = override_key.lstrip("+~")
+    return key.split(".")[0] not in UNNAMED_GROUPS and facts(key)["named"]
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The run's hyperparameters as one flat dict of plain values: the identity's top-level
+    values, the chosen group files (`model=bn_cnn`) with their settings, and every nested
+    setting that differs from the schema's default; `epochs` too."""
+    values = own_leaves(cfg)
+    choices = leaves(cfg)
+    defaults = leaves(OmegaConf.structured(TrainConfig))
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        top = key.split(".")[0]
+        if key != "epochs" and not facts(key)["identity"] or value is None or top == "choices":
+            continue
+        if top in GROUPS:
+            if key.split(".")[-1].startswith("_"):
+                continue
+        elif "." in key and defaults.get(key) == value:
+            continue
+        out[key] = value
+    for group in GROUPS:
+        out[group] = str(choices.get(f"choices.{group}"))
+    return out
+
+
+def job_dirname(overrides: list[str]) -> str:
+    """A sweep job's directory name: its overrides as Hydra's `override_dirname` writes them
+    (sorted, `key=value` joined by commas), without the keys that are not `named`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    return ",".join(sorted(str(o.input_line) for o in parsed if named(o.key_or_group)))
+
+
+OmegaConf.register_new_resolver("fmnist.dirname", job_dirname, replace=True)

@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist.config import ConfigError
 from fmnist.data import DataError
-from fmnist.engine import train
+from fmnist.engine.runner import train
 from fmnist.engine.step import NonFiniteLossError
 from fmnist.models import ModelError
 from fmnist.paths import conf_dir
-from fmnist.rundir import RunDirError, objective
+from fmnist.run.directory import RunDirError
+from fmnist.run.status import objective
 
 CONF_DIR = str(conf_dir())  # the wheel's fmnist/conf, or the checkout's conf/
 EXPECTED = (
@@ -40,7 +41,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     """Returns the objective (what an optimizing sweeper maximizes or minimizes)."""
     hydra_cfg = HydraConfig.get()
     try:
-        train(cfg, overrides=list(hydra_cfg.overrides.task))
+        train(cfg, overrides=list(hydra_cfg.overrides.task), hydra_cfg=hydra_cfg)
     except (*EXPECTED, OSError) as exc:
         if hydra_cfg.mode != RunMode.RUN:
             raise  # a sweep records the failure and goes on with the other jobs
@@ -86,7 +87,7 @@ def main() -> None:
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGINT or SIGTERM outside a training loop (a sweep's parent installs its own handler,
-    `fmnist.sweep.SweepReport.on_signal`, which stops its workers first)."""
+    `fmnist.sweeps.report.SweepReport.on_signal`, which stops its workers first)."""
     from fmnist.engine.signals import RunInterrupted
 
     raise RunInterrupted(signum)

@@ -84,7 +84,7 @@ def select(history: list[dict[str, Any]], monitor: str | None) -> dict[str, Any]
 class Evaluation:
     """Sums over one split's batches: loss, confusion matrix, a few misclassified images and,
     when asked, every probability. `evaluate` feeds it one model's logits; a fused group
-    (fmnist/fused/) feeds one per member from a single pass."""
+    (fmnist/sweeps/fused/) feeds one per member from a single pass."""
 
     def __init__(
         self,

@@ -28,15 +28,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
 import fmnist.config  # noqa: F401
-from fmnist import provenance
 from fmnist.callbacks.base import Callback, Tracker
 from fmnist.callbacks.status import peak_rss_mb
 from fmnist.data import ensure_data
 from fmnist.engine.build import build_run
-from fmnist.engine.loop import fit
+from fmnist.engine.fit import fit_one
+from fmnist.engine.runtime import decide_bf16, pick_device
 from fmnist.hparams import flat_hparams
 from fmnist.models.seed_cnn import SeedCNN
-from fmnist.runtime import decide_bf16, pick_device
+from fmnist.run import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +128,7 @@ def project_epochs(
         run = build_run(cfg, Path(tmp), flat_hparams(cfg))
         timer = EpochTimer()
         run.tracker = Tracker({**run.tracker.named, "timer": timer})
-        fit(run, run.tracker)
+        fit_one(run)
     return timer.epochs()
 
 

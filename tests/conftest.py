@@ -87,9 +87,11 @@ def run_train(
 def run_module(
     module: str, *args: object, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m fmnist.MODULE ARGS` (evaluate, predict, export, compare...) in a subprocess."""
+    """`python -m fmnist.commands.MODULE ARGS` (evaluate, predict, export, compare...) or
+    `python -m fmnist.MODULE` for a dotted one (data.prepare) in a subprocess."""
+    name = f"fmnist.{module}" if "." in module else f"fmnist.commands.{module}"
     return subprocess.run(
-        [sys.executable, "-m", f"fmnist.{module}", *map(str, args)],
+        [sys.executable, "-m", name, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from fmnist.compare import main, summarize
+from fmnist.commands.compare import main, summarize
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def test_bad_path_is_a_one_line_error(tmp_path, make):
     if make == "empty":
         path.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "fmnist.compare", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "fmnist.commands.compare", str(path)], capture_output=True, text=True
     )
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:")

@@ -17,7 +17,7 @@ from fmnist.data.augment import Augment
 from fmnist.data.loaders import MemoryLoader
 from fmnist.data.tensors import load_tensors
 from fmnist.engine.build import build_run
-from fmnist.engine.loop import fit
+from fmnist.engine.fit import fit_one
 from fmnist.engine.step import NonFiniteLossError
 from fmnist.hparams import flat_hparams
 from tests.conftest import compose_cfg, run_train
@@ -66,7 +66,7 @@ def guarded_fit(overrides: list[str], data_root, tmp_path, batches: int = 30) ->
     )
     state = build_run(cfg, tmp_path, flat_hparams(cfg))
     state.tracker = Tracker({**state.tracker.named, "sync_guard": SyncGuard(batches)})
-    return fit(state, state.tracker)
+    return fit_one(state)
 
 
 def test_auto_device_puts_data_and_model_on_the_gpu(data_root, tmp_path):
@@ -123,7 +123,7 @@ def train_twice(overrides: list[str], data_root, tmp_path) -> dict[bool, tuple]:
         state = build_run(cfg, run_dir, flat_hparams(cfg))
         assert state.graphs is graphs
         initial = [p.detach().clone() for p in state.model.parameters()]
-        row = fit(state, state.tracker)
+        row = fit_one(state)
         out[graphs] = row, initial, [p.detach().clone() for p in state.model.parameters()]
     return out
 
@@ -171,7 +171,7 @@ def test_nan_is_still_caught_on_the_gpu(data_root, tmp_path):
     )
     state = build_run(cfg, tmp_path, flat_hparams(cfg))
     with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
-        fit(state, state.tracker)
+        fit_one(state)
 
 
 def test_gpu_run_end_to_end_and_its_checkpoint_on_the_cpu(tmp_path, data_root):
@@ -181,10 +181,42 @@ def test_gpu_run_end_to_end_and_its_checkpoint_on_the_cpu(tmp_path, data_root):
     recorded = json.loads((run_dir / "results.json").read_text())[-1]["test_accuracy"]
     assert recorded > 0.80, done.stdout
     evaluated = subprocess.run(
-        [sys.executable, "-m", "fmnist.evaluate", str(run_dir), "--checkpoint", "last"],
+        [sys.executable, "-m", "fmnist.commands.evaluate", str(run_dir), "--checkpoint", "last"],
         capture_output=True,
         text=True,
         check=True,
     )
     report = json.loads((run_dir / "evaluation.json").read_text())
     assert abs(report["accuracy"] - recorded) <= 0.002, evaluated.stdout  # CPU vs GPU rounding
+
+
+def test_a_fused_group_replays_as_one_cuda_graph_and_trains_like_eager(data_root, tmp_path):
+    """Where a standalone run would replay its step as a CUDA graph, a fused group replays its
+    fused step as one; its members train as the same group trained eagerly."""
+    from fmnist.engine.fit import fit
+    from fmnist.engine.fused_step import FusedStep
+    from fmnist.engine.graphs import GraphedStep
+    from fmnist.engine.signals import StopOnSignal
+
+    out = {}
+    for graphs in (False, True):
+        runs = []
+        for seed in (0, 1):
+            overrides = [f"seed={seed}", "epochs=2", "limit_train_batches=50"]
+            cfg = compose_cfg(
+                [*overrides, "limit_test_batches=2", "callbacks=none", "shuffle=false"]
+                + [f"runtime.cuda_graphs={graphs}"],
+                data_root,
+            )
+            run_dir = tmp_path / f"{graphs}-{seed}"
+            run_dir.mkdir()
+            runs.append(build_run(cfg, run_dir, flat_hparams(cfg)))
+        step = FusedStep(runs)
+        assert isinstance(step.fn, GraphedStep) is graphs
+        with StopOnSignal() as stop:
+            fit(runs, stop, step)
+        assert all(r.error is None for r in runs)
+        out[graphs] = [r.history[-1] for r in runs]
+    for eager, graphed in zip(out[False], out[True], strict=True):
+        assert abs(graphed["loss"] - eager["loss"]) < 0.02, (graphed, eager)
+        assert abs(graphed["test_accuracy"] - eager["test_accuracy"]) <= 0.02

@@ -31,7 +31,7 @@ def test_onnx_agrees_with_pytorch_on_the_whole_test_set(exported):
     import onnxruntime
 
     from fmnist.data.tensors import load_tensors
-    from fmnist.rundir import load_trained
+    from fmnist.run.checkpoint import load_trained
 
     model = load_trained(run).model
     x = (
@@ -57,8 +57,8 @@ def test_safetensors_round_trip_into_a_fresh_model(exported):
     run, out, _ = exported
     from safetensors.torch import load_file
 
-    from fmnist.export import load_safetensors
-    from fmnist.rundir import load_trained
+    from fmnist.commands.export import load_safetensors
+    from fmnist.run.checkpoint import load_trained
 
     assert set(load_file(str(out / "model.safetensors"))) == set(
         load_trained(run).model.state_dict()
@@ -113,7 +113,7 @@ def test_predict_with_onnx_only_matches_pytorch_and_imports_no_torch(exported, t
 def test_onnx_predictions_use_tta_as_the_model_was_evaluated(exported, tmp_path):
     """model.json beside model.onnx says whether the reported figures used flip TTA; predict
     --onnx follows it unless told otherwise, as the PyTorch path follows the checkpoint."""
-    from fmnist.predict import load_image, onnx_logits
+    from fmnist.commands.predict import load_image, onnx_logits
 
     _, out, _ = exported
     assert json.loads((out / "model.json").read_text())["tta"] is False  # trained without

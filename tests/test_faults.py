@@ -277,7 +277,7 @@ def test_images_of_any_mode_and_a_decompression_bomb(finished, tmp_path):
         assert answers[name]["top"][0]["class"] == top[0]["class"]
         assert abs(answers[name]["top"][0]["probability"] - top[0]["probability"]) < 0.01
     assert "too large" in answers["bomb.png"]["error"] and "Traceback" not in done.stderr
-    from fmnist.predict import load_image
+    from fmnist.commands.predict import load_image
 
     assert np.array_equal(load_image(tmp_path / "eight.png"), load_image(tmp_path / "sixteen.png"))
 
@@ -409,7 +409,7 @@ def test_stopping_a_sweeps_parent_stops_every_worker_and_resumes(tmp_path, launc
     ]
     proc = start(args, cwd=tmp_path, new_group=True)
     wait_for_first_epochs(sweep, 2, proc)
-    from fmnist.locking import children, pid_alive
+    from fmnist.run.locking import children, pid_alive
 
     workers = children(proc.pid)
     assert workers, f"{launcher} started no worker processes"

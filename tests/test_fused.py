@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf, open_dict
 
-from fmnist.fused.launch import group_key
-from fmnist.fused.model import FusedModel, fusable, stack_inputs
+from fmnist.engine.fused_model import FusedModel, fusable, stack_inputs
 from fmnist.models import build_model
+from fmnist.sweeps.fused.launch import group_key
 from tests.conftest import compose_cfg, run_train
 from tests.test_resume import start, wait_for_epoch
 
@@ -85,6 +85,63 @@ def test_a_forward_that_mixes_members_is_not_fused():
             return self.fc(self.norm(x.flatten(1)))
 
     assert "cannot fuse LayerNorm" in fusable([Normed(), Normed()])
+
+
+def test_an_error_of_the_shared_step_fails_every_member_in_its_own_files_and_a_rerun_completes(
+    tmp_path, data_root, monkeypatch
+):
+    """Not a member's diverging loss: the fused step itself raises (a kernel error, out of GPU
+    memory). Every member ends `failed` with the traceback in its own train.log; a rerun trains
+    them all to the end."""
+    from fmnist.engine.fused_step import FusedStep
+    from fmnist.sweeps.fused.group import Member, train_group
+
+    def members() -> list[Member]:
+        out = []
+        for seed in (0, 1):
+            overrides = [
+                f"seed={seed}",
+                "epochs=2",
+                "limit_train_batches=4",
+                "limit_test_batches=1",
+            ]
+            cfg = compose_cfg(
+                [*overrides, "callbacks=none"], data_root, output_dir=tmp_path / f"s{seed}"
+            )
+            task = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+            with open_dict(task):
+                del task["hydra"]
+            out.append(Member(task, overrides, f"s{seed}"))
+        return out
+
+    real, calls = FusedStep.step, []
+
+    def broken(self, images, labels):  # noqa: ANN001, ANN202
+        calls.append(len(images))
+        if len(calls) == 6:  # epoch 2, batch 2
+            raise RuntimeError("injected kernel failure")
+        return real(self, images, labels)
+
+    monkeypatch.setattr(FusedStep, "step", broken)
+    group = members()
+    train_group(group)
+    assert calls == [2] * 6  # the two members were fused
+    for m in group:
+        assert isinstance(m.error, RuntimeError)
+        status = json.loads((tmp_path / m.name / "status.json").read_text())
+        assert status["status"] == "failed" and "injected" in status["error"]["message"]
+        log = (tmp_path / m.name / "train.log").read_text()
+        assert "Traceback" in log and "injected kernel failure" in log
+        assert f"fmnist.run.{m.name}]" in log
+        other = ({"s0", "s1"} - {m.name}).pop()
+        assert f"fmnist.run.{other}]" not in log
+    monkeypatch.setattr(FusedStep, "step", real)
+    group = members()
+    train_group(group)
+    for m in group:
+        assert m.error is None
+        status = json.loads((tmp_path / m.name / "status.json").read_text())
+        assert status["status"] == "completed" and status["last_epoch"] == 2
 
 
 def test_jobs_group_by_what_they_share(data_root):
@@ -160,6 +217,13 @@ def test_a_fused_group_makes_the_standalone_runs_and_a_diverging_member_fails_al
         assert set(first["model"]) == set(
             torch.load(theirs / "checkpoints" / "last.pt", weights_only=True)["model"]
         )  # a standalone model's state_dict: evaluate, predict and export read it as any other
+    logs = {d.name: (d / "train.log").read_text() for d in (p.parent for p in jobs)}
+    for name, text in logs.items():  # each member's log holds its own lines only
+        assert f"fmnist.run.{name}]" in text and f"{fused / name}:" in text, name
+        for other in set(logs) - {name}:
+            assert f"fmnist.run.{other}]" not in text and f"{fused / other}:" not in text
+    assert "Traceback" in logs[bad.name] and "NonFiniteLossError" in logs[bad.name]
+    assert not [n for n, text in logs.items() if "Traceback" in text and n != bad.name]
     before = {p: p.stat().st_mtime_ns for p in fused.glob("*lr=0.0*/results.json")}
     again = run_train(  # the finished jobs again, probe on: nothing to measure, nothing trained
         ["-m", "hydra/launcher=fused", "lr=0.01,0.003", *SHORT, f"hydra.sweep.dir={fused}"],
@@ -207,7 +271,7 @@ def test_kill9_of_a_fused_group_mid_epoch_then_the_same_command_equals_an_uninte
 
 
 def test_the_probe_fuses_only_as_many_members_as_are_faster(monkeypatch, data_root):
-    import fmnist.fused.probe as probe
+    import fmnist.sweeps.fused.probe as probe
 
     task = compose_cfg(["epochs=1"], data_root=data_root, output_dir=Path("/nowhere"))
     step = probe.step_ms(task, 2, steps=1)  # a real fused step of the default model

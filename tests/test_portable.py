@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist import locking
+from fmnist.run import locking
 from tests.conftest import DATA, ROOT
 
 PACKAGE = ROOT / "fmnist"
@@ -52,7 +52,19 @@ def test_no_global_statement_and_no_module_state_for_signals_sweeps_or_locks():
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text())
         assert not [n for n in ast.walk(tree) if isinstance(n, ast.Global)], path
-    stateful = ("engine/signals.py", "sweep.py", "locking.py", "rundir.py", "main.py")
+    stateful = (
+        "engine/signals.py",
+        "engine/fit.py",
+        "engine/runner.py",
+        "sweeps/report.py",
+        "sweeps/fused/group.py",
+        "sweeps/fused/launch.py",
+        "run/locking.py",
+        "run/directory.py",
+        "run/status.py",
+        "run/plan.py",
+        "main.py",
+    )
     for name in stateful:
         for node in ast.parse((PACKAGE / name).read_text()).body:
             value = getattr(node, "value", None)
@@ -96,7 +108,7 @@ def test_the_fallback_lock_refuses_a_second_holder_and_frees_a_dead_ones(tmp_pat
 
 def test_the_os_lock_is_dropped_with_its_process_and_probing_it_takes_no_claim(tmp_path):
     path = tmp_path / ".owner.lock"
-    code = "import sys, time; from fmnist.locking import FileLock; FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+    code = "import sys, time; from fmnist.run.locking import FileLock; FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
     )
@@ -118,8 +130,8 @@ def test_the_os_lock_is_dropped_with_its_process_and_probing_it_takes_no_claim(t
 WITHOUT_FCNTL = """
 import sys
 sys.modules["fcntl"] = None  # `import fcntl` raises ImportError, as where it does not exist
-import fmnist, fmnist.locking
-assert fmnist.locking.fcntl is None
+import fmnist, fmnist.run.locking
+assert fmnist.run.locking.fcntl is None
 sys.argv = ["train.py", *sys.argv[1:]]
 from fmnist.main import main
 main()
@@ -261,21 +273,7 @@ def test_the_wheel_runs_from_an_empty_folder_without_the_checkout(installed, tmp
         env=env,
     )
     assert "FmnistSlurmLauncher" in launcher.stdout  # the Hydra plugin came with the wheel
-    search = _run(
-        [
-            bin_dir / "fmnist-train",
-            "hparams_search=optuna",  # the sweeper plugin and its YAML came with it too
-            "hydra.sweeper.n_trials=2",
-            "epochs=1",
-            "limit_train_batches=2",
-            "limit_test_batches=1",
-            "data.val_size=1000",
-            f"hydra.sweep.dir={work / 'search'}",
-        ],
-        cwd=work,
-        env=env,
-    )
-    assert "Best value" in search.stdout and (work / "search" / "optuna.journal").is_file()
+    plugins_run_from(bin_dir, work, env)
     mine = work / "mine" / "experiment"  # a user's own preset, the package untouched
     mine.mkdir(parents=True)
     (mine / "tiny.yaml").write_text(
@@ -297,19 +295,65 @@ def test_the_wheel_runs_from_an_empty_folder_without_the_checkout(installed, tmp
     assert json.loads((work / "own" / "status.json").read_text())["hparams"]["lr"] == 0.005
 
 
+def plugins_run_from(bin_dir: Path, work: Path, env: dict[str, str]) -> None:
+    """The package's own Hydra plugins, found from a folder outside the checkout: a 2-job fused
+    sweep and a 2-trial Optuna search through the console script."""
+    fused = work / "fused"
+    done = _run(
+        [bin_dir / "fmnist-train", "-m", "hydra/launcher=fused", "hydra.launcher.probe=false"]
+        + ["seed=0,1", *TINY, f"hydra.sweep.dir={fused}"],
+        cwd=work,
+        env=env,
+    )
+    assert "2 jobs, 2 of them in 1 fused group(s)" in done.stdout, done.stdout + done.stderr
+    assert len(list(fused.glob("*/checkpoints/last.pt"))) == 2
+    search = _run(
+        [
+            bin_dir / "fmnist-train",
+            "hparams_search=optuna",  # the sweeper plugin and its YAML
+            "hydra.sweeper.n_trials=2",
+            "epochs=1",
+            "limit_train_batches=2",
+            "limit_test_batches=1",
+            "data.val_size=1000",
+            f"hydra.sweep.dir={work / 'search'}",
+        ],
+        cwd=work,
+        env=env,
+    )
+    assert "Best value" in search.stdout and (work / "search" / "optuna.journal").is_file()
+    trials = sorted(p.parent.name for p in (work / "search").glob("trial_*/status.json"))
+    assert trials == ["trial_000", "trial_001"], trials
+
+
+@pytest.mark.slow
+def test_the_editable_install_finds_its_plugins_from_an_empty_folder(tmp_path):
+    """`make install`'s editable install (the environment running these tests), used from a
+    folder outside the checkout: Hydra must find fused, slurm and the Optuna sweeper there."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "fmnist-train").exists():
+        pytest.skip(f"no fmnist-train beside {sys.executable}: not the `make install` venv")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env |= {"FMNIST_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
+    plugins_run_from(bin_dir, work, env)
+
+
 def test_a_job_refused_by_a_live_owner_leaves_the_owners_status_alone(tmp_path):
     """Two sweeps into one directory (say, a rerun while the cluster still runs the first): the
     refused job's failure must not overwrite the live run's `running` status."""
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
-    from fmnist.rundir import RunDirError, read_status, write_status
-    from fmnist.sweep import SweepReport
+    from fmnist.run.directory import RunDirError
+    from fmnist.run.status import read_status, write_status
+    from fmnist.sweeps.report import SweepReport
 
     run_dir = tmp_path / "job"
     run_dir.mkdir()
     write_status(run_dir, status="running", last_epoch=1, pid=1)
-    code = "import sys, time; from fmnist.locking import FileLock; FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+    code = "import sys, time; from fmnist.run.locking import FileLock; FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
     holder = subprocess.Popen(
         [sys.executable, "-c", code, str(run_dir / ".owner.lock")],
         stdout=subprocess.PIPE,

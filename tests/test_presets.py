@@ -7,7 +7,7 @@ from omegaconf import open_dict
 from fmnist.data.augment import Augment
 from fmnist.data.loaders import MemoryLoader
 from fmnist.data.tensors import load_tensors
-from fmnist.engine import train
+from fmnist.engine.runner import train
 from tests.conftest import CONF, compose_cfg
 
 

@@ -10,12 +10,12 @@ from omegaconf import open_dict
 
 from fmnist.config import ConfigError
 from fmnist.data.tensors import load_tensors
-from fmnist.engine import train
 from fmnist.engine.build import build_run
+from fmnist.engine.param_groups import param_groups
+from fmnist.engine.runner import train
+from fmnist.engine.schedulers import triangle
 from fmnist.hparams import flat_hparams
 from fmnist.models.air_cnn import AirCNN, Whitening
-from fmnist.param_groups import param_groups
-from fmnist.schedulers import triangle
 from fmnist.tta import shift, tta_logits, views
 from tests.conftest import compose_cfg, run_module
 
@@ -119,7 +119,7 @@ def test_multi_crop_tta_gives_a_translated_image_nearly_the_same_prediction(data
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
     assert ckpt["tta"] is True and ckpt["tta_translate"] == 1
     assert json.loads((run_dir / "results.json").read_text())[0]["tta_translate"] == 1
-    from fmnist.rundir import load_trained
+    from fmnist.run.checkpoint import load_trained
 
     model = load_trained(run_dir, "best").model
     x = load_tensors(data_root)["test_images"][:1000].unsqueeze(1).float() / 255
@@ -297,7 +297,7 @@ def test_eval_every_skips_evaluation_but_never_the_last_epoch(data_root, tmp_pat
     assert csv_lines[1].split(",")[header.index("val_accuracy")] == ""  # an empty cell
     table = [r.getMessage() for r in caplog.records if r.getMessage().lstrip().startswith("1 ")]
     assert table and table[0].split()[3:7] == ["-"] * 4  # "-" where nothing was evaluated
-    from fmnist.compare.table import summarize
+    from fmnist.commands.compare.table import summarize
 
     summary = summarize(tmp_path)
     assert [e for e, _ in summary.epochs["run"]] == [2, 4, 5]

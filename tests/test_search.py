@@ -18,7 +18,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from fmnist.search import (
+from fmnist.sweeps.search import (
     JOURNAL,
     SearchError,
     make_pruner,
@@ -295,7 +295,7 @@ def test_a_bad_search_space_or_a_second_search_in_the_same_directory_gets_one_li
     )  # fmt: skip
     assert unknown.returncode != 0 and "Key 'lrr' not in" in unknown.stderr
     assert not sweep.exists()
-    from fmnist.locking import FileLock
+    from fmnist.run.locking import FileLock
 
     sweep.mkdir()
     held = FileLock(sweep / ".search.lock")
@@ -310,7 +310,7 @@ def test_a_bad_search_space_or_a_second_search_in_the_same_directory_gets_one_li
 
 
 def test_a_job_opens_its_running_trial_from_the_file_and_not_a_finished_one(tmp_path):
-    from fmnist.search import load_trial, open_study
+    from fmnist.sweeps.search import load_trial, open_study
 
     url = str(tmp_path / JOURNAL)
     study = open_study(url, "s", "maximize", None, "none")

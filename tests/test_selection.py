@@ -9,10 +9,10 @@ import subprocess
 import pytest
 import torch
 
-from fmnist import provenance
-from fmnist.compare import summarize
-from fmnist.engine import train
-from fmnist.runtime import decide_bf16
+from fmnist.commands.compare import summarize
+from fmnist.engine.runner import train
+from fmnist.engine.runtime import decide_bf16
+from fmnist.run import provenance
 from tests.conftest import ROOT, compose_cfg, run_train
 from tests.conftest import run_module as cli
 

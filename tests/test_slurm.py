@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.slurm import JOBS_FILE, slurm_states
+from fmnist.run.status import slurm_states
+from fmnist.sweeps.slurm import JOBS_FILE
 from tests.conftest import ROOT, run_train
 from tests.test_resume import metrics, start, wait_for_epoch
 
@@ -110,7 +111,7 @@ def test_submitting_without_waiting_returns_at_once_and_compare_reports_later(sl
         assert time.time() < deadline, slurm_states(ids)
         time.sleep(1)
     report = subprocess.run(
-        [sys.executable, "-m", "fmnist.compare", str(sweep), "--no-write"],
+        [sys.executable, "-m", "fmnist.commands.compare", str(sweep), "--no-write"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -131,7 +132,7 @@ def test_a_run_on_another_host_is_never_called_crashed_while_its_job_runs(slurm,
 
     def seen_from(host: str) -> str:
         code = (
-            "import json, sys; from fmnist.rundir import where_running; "
+            "import json, sys; from fmnist.run.status import where_running; "
             "print(json.dumps(where_running(json.load(open(sys.argv[1])))))"
         )
         done = subprocess.run(
@@ -172,7 +173,7 @@ def test_an_optuna_search_runs_its_trials_as_slurm_jobs(slurm, tmp_path):
     from its Slurm job, and the search tells the study how each ended."""
     import optuna
 
-    from fmnist.search import JOURNAL, open_storage
+    from fmnist.sweeps.search import JOURNAL, open_storage
 
     sweep = tmp_path / "sweep"
     args = [*slurm, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]

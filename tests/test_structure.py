@@ -3,14 +3,17 @@ keys has one source, and each private-API use is pinned by a test."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from fmnist.engine import train
-from fmnist.sweep import shared_directory_keys
-from tests.conftest import CONF, compose_cfg, run_train
+from fmnist.engine.runner import train
+from fmnist.hparams import identity, job_dirname, named, shared
+from fmnist.sweeps.report import shared_directory_keys
+from tests.conftest import compose_cfg, run_train
 
 ARGS = ["epochs=1", "limit_train_batches=3", "limit_test_batches=2", "callbacks.progress.bar=false"]
 
@@ -36,23 +39,37 @@ def test_train_from_python_writes_what_the_cli_writes(data_root, tmp_path):
     assert len(list(py_dir.glob("events.out.tfevents.*"))) == 1
 
 
-def test_every_key_left_out_of_job_names_cannot_be_swept():
-    """Hydra's exclude_keys (conf/hydra/default.yaml) is the one list; the sweep check reads it."""
-    excluded = list(
-        OmegaConf.load(CONF / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys
+@pytest.mark.parametrize(
+    "key",
+    ["device", "runtime.threads", "data.root", "limit_train_batches", "callbacks.progress.bar"]
+    + ["resume", "sweep", "hparams_search", "+callbacks.trial.number"],
+)
+def test_every_key_left_out_of_job_names_cannot_be_swept(key):
+    """The schema's `named` fact is the one source: job names leave the key out, and the sweep
+    check refuses sweeping it (its jobs would share one directory)."""
+    cfg = OmegaConf.create(
+        {"hydra": {"overrides": {"task": [f"{key}=a,b", "lr=0.1,0.2"]}, "sweeper": {}}}
     )
-    assert {"device", "runtime.threads", "data.root", "limit_train_batches"} <= set(excluded)
-    for key in excluded:
-        cfg = OmegaConf.create(
-            {
-                "hydra": {
-                    "overrides": {"task": [f"{key}=a,b", "lr=0.1,0.2"]},
-                    "sweeper": {},
-                    "job": {"config": {"override_dirname": {"exclude_keys": excluded}}},
-                }
-            }
-        )
-        assert shared_directory_keys(cfg) == [key]  # lr is in the job names: it may be swept
+    assert shared_directory_keys(cfg) == [key]  # lr is in the job names: it may be swept
+    assert job_dirname([f"{key}=a", "lr=0.1", "seed=3"]) == "lr=0.1,seed=3"
+
+
+def test_each_fact_about_a_key_is_declared_once_on_the_schema(tmp_path):
+    overrides = ["model=bn_cnn", "ema.decay=0.9", "+callbacks.trial.number=3"]
+    cfg = compose_cfg(overrides, output_dir=tmp_path)
+    ident, common = identity(cfg), shared(cfg)
+    for key in ("monitor", "ema.every", "ema.decay", "eval_every", "tta", "tta_translate"):
+        assert key in ident, key  # they change what a run trains or selects
+    assert {"model.width", "optimizer._target_", "batch_size", "data.val_size"} <= set(ident)
+    assert "param_groups.norm.lr_scale" in ident and "data.augment.hflip" in ident
+    machine = ("epochs", "device", "runtime.threads", "runtime.bf16", "output_dir", "data.root")
+    assert not [k for k in ident if k.startswith(machine) or k.startswith("callbacks")]
+    for key in ("seed", "lr", "monitor", "optimizer._target_", "ema.every", "output_dir"):
+        assert key not in common, key  # each member of a fused group owns it
+    for key in ("batch_size", "epochs", "eval_every", "model.width", "runtime.threads"):
+        assert key in common, key  # the shared computation
+    assert "data.augment.hflip" not in common and "data.val_size" in common
+    assert not named("runtime.threads") and named("runtime.bf16") and named("seed")
 
 
 def test_the_objective_is_named_once():
@@ -80,14 +97,78 @@ def test_tensorboard_private_file_writer_is_pinned(tmp_path):
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
 
 
-def test_no_module_is_long_without_reason():
-    from pathlib import Path
+PACKAGE = Path(__file__).resolve().parents[1] / "fmnist"
 
-    import fmnist
 
-    long = {
-        str(p.relative_to(Path(fmnist.__file__).parent)): len(p.read_text().splitlines())
-        for p in Path(fmnist.__file__).parent.rglob("*.py")
+def test_no_module_is_over_300_lines():
+    lengths = {
+        str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")
     }
-    over = {k: v for k, v in long.items() if v > 260}
-    assert set(over) <= {"rundir.py"}, over  # the run directory is one concern, kept together
+    assert len(lengths) > 50
+    assert {k: v for k, v in lengths.items() if v > 300} == {}
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules a module imports, at its top or inside functions (lazy imports
+    count), and the packages each import runs the __init__ of."""
+    found = set()
+    tree = ast.parse(path.read_text())
+    typing_only = {  # `if TYPE_CHECKING:` blocks never run
+        id(n)
+        for b in ast.walk(tree)
+        if isinstance(b, ast.If) and "TYPE_CHECKING" in ast.unparse(b.test)
+        for n in ast.walk(b)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            found |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)} & modules
+    return found
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_lazy_imports_included():
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(paths)
+    # a module's own packages are initialised before it: importing their other modules is no cycle
+    graph = {
+        name: {m for m in imports_of(path, modules) if m != name and not name.startswith(m + ".")}
+        for name, path in paths.items()
+    }
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    # the check itself finds a cycle where there is one
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

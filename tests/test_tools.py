@@ -17,7 +17,7 @@ from fmnist.callbacks.base import Callback
 from fmnist.callbacks.early_stopping import EarlyStopping
 from fmnist.data.loaders import MemoryLoader
 from fmnist.data.tensors import load_tensors
-from fmnist.engine import train
+from fmnist.engine.runner import train
 from fmnist.metrics import evaluate
 from tests.conftest import CONF, compose_cfg, run_train
 from tests.test_resume import metrics, start, wait_for_epoch
@@ -68,7 +68,7 @@ def test_early_stopping_in_a_real_run_completes_and_is_not_rerun(tmp_path):
 
 
 def test_tta_gives_a_flipped_test_set_the_same_predictions(trained_run, data_root):
-    from fmnist.rundir import load_trained
+    from fmnist.run.checkpoint import load_trained
 
     tensors = load_tensors(data_root)
     images, labels = tensors["test_images"][:2000], tensors["test_labels"][:2000]
@@ -88,7 +88,7 @@ def test_tta_is_recorded_and_used_by_evaluate_and_predict(cfg_quick, tmp_path):
     rows = json.loads((tmp_path / "results.json").read_text())
     assert rows[-1]["tta"] is True
     done = subprocess.run(
-        [sys.executable, "-m", "fmnist.evaluate", str(tmp_path), "--split", "val"],
+        [sys.executable, "-m", "fmnist.commands.evaluate", str(tmp_path), "--split", "val"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -98,7 +98,15 @@ def test_tta_is_recorded_and_used_by_evaluate_and_predict(cfg_quick, tmp_path):
     chosen = next(r for r in rows if r["epoch"] == result["epoch"])
     assert result["tta"] is True and result["accuracy"] == chosen["val_accuracy"]
     no_tta = subprocess.run(
-        [sys.executable, "-m", "fmnist.evaluate", str(tmp_path), "--split", "val", "--no-tta"],
+        [
+            sys.executable,
+            "-m",
+            "fmnist.commands.evaluate",
+            str(tmp_path),
+            "--split",
+            "val",
+            "--no-tta",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -157,7 +165,7 @@ def test_ema_weights_are_what_is_evaluated(cfg_quick, tmp_path):
     train(cfg_quick)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert any(not torch.equal(ckpt["model"][k], ckpt["train_model"][k]) for k in ckpt["model"])
-    from fmnist.rundir import load_trained
+    from fmnist.run.checkpoint import load_trained
 
     loaded = load_trained(tmp_path, "last").model.state_dict()
     assert all(torch.equal(loaded[k], ckpt["model"][k]) for k in loaded)
@@ -169,7 +177,7 @@ def test_lr_finder_writes_a_plot_and_a_value_in_range_and_no_run(tmp_path, data_
         [
             sys.executable,
             "-m",
-            "fmnist.lr_find",
+            "fmnist.commands.lr_find",
             f"data.root={data_root}",
             "--steps",
             "60",
@@ -193,7 +201,9 @@ def test_lr_finder_writes_a_plot_and_a_value_in_range_and_no_run(tmp_path, data_
     assert (out / "lr_find.png").stat().st_size > 10_000 and "suggested lr" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["lr_find.json", "lr_find.png"]
     bad = subprocess.run(
-        [sys.executable, "-m", "fmnist.lr_find", "model=nope"], capture_output=True, text=True
+        [sys.executable, "-m", "fmnist.commands.lr_find", "model=nope"],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
 

@@ -11,8 +11,8 @@ from omegaconf import open_dict
 
 from fmnist.callbacks.base import Callback, Tracker
 from fmnist.callbacks.results import rows_to_csv
-from fmnist.engine import train
-from fmnist.files import write_text
+from fmnist.engine.runner import train
+from fmnist.run.files import write_text
 
 
 class Recorder(Callback):
@@ -138,7 +138,7 @@ def test_atomic_write_keeps_old_file_on_crash(tmp_path):
         handle.write(b"half")
         raise Boom
 
-    from fmnist import files
+    from fmnist.run import files
 
     with pytest.raises(Boom):
         files.atomic_write(Path(path), exploding)

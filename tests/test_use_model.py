@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from fmnist.commands.predict import load_image
 from fmnist.data.tensors import load_tensors
-from fmnist.predict import load_image
-from fmnist.rundir import load_trained
+from fmnist.run.checkpoint import load_trained
 from tests.conftest import DATA
 from tests.conftest import run_module as cli
 

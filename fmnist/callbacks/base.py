@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from fmnist.state import RunState
-
-log = logging.getLogger(__name__)
+from fmnist.engine.state import RunState
 
 
 class Callback:
@@ -82,7 +79,9 @@ class Tracker(Callback):
             try:
                 cb.on_exception(state, exc)
             except Exception as also:  # e.g. the disk that failed the run fails this write too
-                log.warning("callback %s could not record the failure: %s", type(cb).__name__, also)
+                state.log.warning(
+                    "callback %s could not record the failure: %s", type(cb).__name__, also
+                )
 
     def state_dict(self) -> dict[str, Any]:
         return {name: s for name, cb in self.named.items() if (s := cb.state_dict())}

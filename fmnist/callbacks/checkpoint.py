@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.files import save_torch
-from fmnist.rundir import checkpoint_path
-from fmnist.state import checkpoint_payload
+from fmnist.engine.state import checkpoint_payload
+from fmnist.run.checkpoint import checkpoint_path
+from fmnist.run.files import save_torch
 
 
 class CheckpointCallback(Callback):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fmnist.callbacks.base import Callback, RunState
 from fmnist.metrics import better
-
-log = logging.getLogger("fmnist")
 
 
 class EarlyStopping(Callback):
@@ -21,7 +18,7 @@ class EarlyStopping(Callback):
 
     def on_run_start(self, state: RunState) -> None:
         if state.monitor is None:
-            log.warning("early stopping is off: no validation split (data.val_size=0)")
+            state.log.warning("early stopping is off: no validation split (data.val_size=0)")
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         if state.monitor is None or state.monitor not in row:  # not evaluated (eval_every)

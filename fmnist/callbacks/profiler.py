@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from fmnist.callbacks.base import Callback, RunState
-
-log = logging.getLogger("fmnist")
 
 
 class ProfilerCallback(Callback):
@@ -23,6 +20,7 @@ class ProfilerCallback(Callback):
         if state.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
         self.trace = state.run_dir / "profile" / "trace.json"
+        self.log = state.log  # the profile table goes to this run's log
         self.trace.parent.mkdir(parents=True, exist_ok=True)
         self.prof = profile(
             activities=activities,
@@ -35,7 +33,9 @@ class ProfilerCallback(Callback):
     def _ready(self, prof: profile) -> None:
         prof.export_chrome_trace(str(self.trace))
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=self.row_limit)
-        log.info("profile of %d training steps (trace: %s)\n%s", self.active, self.trace, table)
+        self.log.info(
+            "profile of %d training steps (trace: %s)\n%s", self.active, self.trace, table
+        )
 
     def on_batch_end(self, state: RunState, batch_idx: int) -> None:
         if self.prof is not None:
@@ -51,7 +51,9 @@ class ProfilerCallback(Callback):
 
     def on_run_end(self, state: RunState) -> None:
         if self.prof is not None and self.steps < self.wait + self.warmup + self.active:
-            log.warning("the run had only %d steps: fewer than the profiler's schedule", self.steps)
+            state.log.warning(
+                "the run had only %d steps: fewer than the profiler's schedule", self.steps
+            )
         self._stop()
 
     def on_exception(self, state: RunState, exc: BaseException) -> None:

@@ -4,7 +4,6 @@ The table's columns are the metrics with a format in `fmnist.metrics.METRICS`.""
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -13,8 +12,6 @@ from tqdm import tqdm
 
 from fmnist.callbacks.base import Callback, RunState
 from fmnist.metrics import METRICS
-
-log = logging.getLogger("fmnist")
 
 
 class ProgressCallback(Callback):
@@ -70,9 +67,9 @@ class ProgressCallback(Callback):
         shown = [m for m in METRICS if m.fmt and (m.name in row or self._evaluated(state, m.name))]
         columns = [(m.name, m.fmt.format(row[m.name]) if m.name in row else "-") for m in shown]
         if not self._header_done:
-            log.info("%s", " ".join(name.rjust(len(name) + 1) for name, _ in columns))
+            state.log.info("%s", " ".join(name.rjust(len(name) + 1) for name, _ in columns))
             self._header_done = True
-        log.info("%s", " ".join(cell.rjust(len(name) + 1) for name, cell in columns))
+        state.log.info("%s", " ".join(cell.rjust(len(name) + 1) for name, cell in columns))
 
     @staticmethod
     def _evaluated(state: RunState, name: str) -> bool:

@@ -8,8 +8,8 @@ from typing import Any
 
 from fmnist import CLASSES
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.files import write_json, write_text
 from fmnist.metrics import METRICS
+from fmnist.run.files import write_json, write_text
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 import psutil
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.rundir import now, write_status
+from fmnist.hparams import identity
+from fmnist.run.status import now, write_status
 
 
 def peak_rss_mb() -> float:
@@ -45,6 +46,7 @@ class StatusCallback(Callback):
             epochs=state.cfg.epochs,
             error=None,
             hparams=state.hparams,
+            identity=identity(state.cfg),
             monitor=state.monitor,
             pid=os.getpid(),
             host=socket.gethostname(),

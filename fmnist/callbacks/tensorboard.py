@@ -4,7 +4,6 @@ projector embeddings, per-class PR curves, predictions vs truth, a custom-scalar
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import warnings
@@ -20,9 +19,7 @@ from fmnist import CLASSES
 from fmnist.callbacks.base import Callback, RunState
 from fmnist.metrics import METRICS
 from fmnist.plots import confusion_image, image_grid, misclassified_image, predictions_image
-from fmnist.provenance import as_markdown
-
-log = logging.getLogger(__name__)
+from fmnist.run.provenance import as_markdown
 
 SCALARS = {m.tag: m.name for m in METRICS if m.tag}  # tag -> results column
 HPARAM_METRICS = (
@@ -112,7 +109,7 @@ class TensorBoardCallback(Callback):
                 self.writer.add_graph(model, images.to(state.device)[:8])
             model.train(was_training)
         except Exception as exc:  # tracing is best effort: some models don't trace
-            log.warning("could not log the network graph: %s", exc)
+            state.log.warning("could not log the network graph: %s", exc)
 
     def wants_outputs(self, state: RunState) -> bool:
         """Figures are drawn at the first and the last epoch, and every `figure_interval` epochs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fmnist.runtime import to_device
+from fmnist.engine.runtime import to_device
 
 
 class Augment:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from fmnist.config import Loader
 from fmnist.data.augment import Augment
 from fmnist.data.tensors import load_tensors
-from fmnist.runtime import to_device
+from fmnist.engine.runtime import to_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

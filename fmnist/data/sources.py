@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmnist.locking import FileLock
+from fmnist.run.locking import FileLock
 
 log = logging.getLogger(__name__)
 

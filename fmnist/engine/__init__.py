@@ -1,5 +1,2 @@
-"""The training engine: build a run from its config, restore it, and run the loop."""
-
-from fmnist.engine.run import train
-
-__all__ = ["train"]
+"""The training engine: build a run from its config (build), restore it, and fit it (fit, with a
+compute step: step, fused_step, graphs); `runner.train(cfg)` does all of it for one run."""

@@ -16,17 +16,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fmnist import CLASSES
 from fmnist.callbacks.base import Tracker
-from fmnist.callbacks.pruning import TrialReport
 from fmnist.callbacks.status import StatusCallback
 from fmnist.config import ConfigError
 from fmnist.data import build_data
 from fmnist.engine.graphs import load_optimizer_state, optimizer_options, want_graphs
+from fmnist.engine.param_groups import param_groups
+from fmnist.engine.runtime import configure, decide_bf16, pick_device, seed_everything
+from fmnist.engine.state import RunState, set_rng_state
 from fmnist.models import build_model, check_fits_the_data, count_parameters, model_spec
-from fmnist.param_groups import param_groups
-from fmnist.runtime import configure, decide_bf16, pick_device, seed_everything
-from fmnist.state import RunState, set_rng_state
 
-log = logging.getLogger("fmnist")
 FIT_IMAGES = 5000  # training images a model may fit itself to before training (whitening)
 
 
@@ -44,18 +42,14 @@ def refused_as(key: str, choice: Any) -> Iterator[None]:
         raise ConfigError(f"{key} ({choice}): {reason}; check the values of {key}.*") from None
 
 
-def sweeper_setting(key: str) -> Any:
-    """A setting of the Hydra sweeper that launched this job (None outside a Hydra sweep)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        value = HydraConfig.get().sweeper.get(key)
-    except ValueError:  # not inside a Hydra job
-        return None
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunState:
+def build_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    hparams: dict[str, Any],
+    log: logging.Logger | None = None,
+) -> RunState:
+    """`log`: the run's own logger (`RunDirectory.log`); without one, the package's."""
+    log = log or logging.getLogger("fmnist")
     threads = configure(cfg.runtime)
     device = pick_device(cfg.device)
     bf16, bf16_why = decide_bf16(cfg.runtime.bf16, device)
@@ -92,10 +86,6 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunSta
         if node:
             with refused_as(f"callbacks.{name}", name):
                 named[name] = instantiate(node)
-    if cfg.trial.number is not None:  # launched by an Optuna search: report to its trial
-        named["trial"] = TrialReport(
-            cfg.trial.storage, cfg.trial.study, cfg.trial.number, sweeper_setting("pruner")
-        )
     tracker = Tracker({**named, "status": StatusCallback()})
     hparams["params"] = count_parameters(model)
     log.info(
@@ -132,6 +122,7 @@ def build_run(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> RunSta
         # the epoch's sums stay on the device (no sync per batch) and keep their address (graphs)
         running_loss=torch.zeros((), device=device),
         running_correct=torch.zeros((), dtype=torch.long, device=device),
+        log=log,
     )
 
 
@@ -151,4 +142,4 @@ def restore(run: RunState, checkpoint: dict[str, Any]) -> None:
     run.start_epoch = run.epoch = checkpoint["epoch"]
     run.step, run.history, run.best = checkpoint["step"], checkpoint["history"], checkpoint["best"]
     run.previous_duration = checkpoint["duration"]
-    log.info("resuming %s after epoch %d", run.run_dir, run.start_epoch)
+    run.log.info("resuming %s after epoch %d", run.run_dir, run.start_epoch)

@@ -18,8 +18,6 @@ from omegaconf import DictConfig
 
 from fmnist.config import ConfigError
 
-Step = Callable[[torch.Tensor, torch.Tensor], None]
-
 
 def _has_capturable_flag(optimizer_class: type) -> bool:
     """Adam, AdamW, RMSprop...: a flag that keeps their step count on the GPU."""
@@ -71,7 +69,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
 
 
 class GraphedStep:
-    """Calls `step(x, y)` through a CUDA graph captured on the first full batch.
+    """Calls `step(*inputs)` through a CUDA graph captured on the first full batch. One graph
+    replays the step of one run or of a fused group (`models` and `optimizers`: every run's).
 
     Capture needs a few warm-up steps (lazy optimizer state, cuDNN and cuBLAS set-up); their
     effect on weights, buffers, optimizer state and sums is undone, so no batch is trained twice.
@@ -79,52 +78,70 @@ class GraphedStep:
 
     def __init__(
         self,
-        step: Step,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
+        step: Callable[..., None],
+        models: list[torch.nn.Module],
+        optimizers: list[torch.optim.Optimizer],
         sums: tuple[torch.Tensor, ...],
         warmup: int = 3,
     ):
-        self.step, self.model, self.optimizer, self.sums = step, model, optimizer, sums
+        self.step, self.models, self.optimizers, self.sums = step, models, optimizers, sums
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.x = self.y = torch.empty(0)
+        self.inputs: list[Any] = []
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __call__(self, *inputs: Any) -> None:
         if self.graph is None:
-            self._capture(x, y)
-        if x.shape != self.x.shape:
-            self.step(x, y)  # the shorter last batch
+            self._capture(inputs)
+        if _shapes(inputs) != _shapes(self.inputs):
+            self.step(*inputs)  # the shorter last batch
             return
-        self.x.copy_(x)
-        self.y.copy_(y)
+        for static, given in zip(_flat(self.inputs), _flat(inputs), strict=True):
+            static.copy_(given)
         self.graph.replay()
 
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x.clone(), y.clone()
-        tensors = [*self.model.state_dict(keep_vars=True).values(), *self.sums]
+    def _capture(self, inputs: tuple[Any, ...]) -> None:
+        self.inputs = [_clone(x) for x in inputs]
+        tensors = [t for m in self.models for t in m.state_dict(keep_vars=True).values()]
+        tensors += list(self.sums)
         saved = [t.detach().clone() for t in tensors]
+        states = [s for o in self.optimizers for s in o.state.items()]
         optim_saved = {
-            p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
-            for p, s in self.optimizer.state.items()
+            p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in states
         }
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self.step(self.x, self.y)
+                self.step(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():  # undo the warm-up in place: the graph keeps these addresses
             for t, s in zip(tensors, saved, strict=True):
                 t.copy_(s)
-            for p, state in self.optimizer.state.items():
-                for k, v in state.items():
-                    if not torch.is_tensor(v):
-                        continue
-                    if k in optim_saved.get(p, {}):
-                        v.copy_(optim_saved[p][k])
-                    else:  # state the warm-up created: as if never stepped
-                        v.zero_()
+            for optimizer in self.optimizers:
+                for p, state in optimizer.state.items():
+                    for k, v in state.items():
+                        if not torch.is_tensor(v):
+                            continue
+                        if k in optim_saved.get(p, {}):
+                            v.copy_(optim_saved[p][k])
+                        else:  # state the warm-up created: as if never stepped
+                            v.zero_()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.step(self.x, self.y)
+            self.step(*self.inputs)
+
+
+def _flat(inputs: Any) -> list[torch.Tensor]:
+    """The tensors of a step's inputs: tensors, or lists of them (a fused group's batches)."""
+    out: list[torch.Tensor] = []
+    for x in inputs:
+        out += _flat(x) if isinstance(x, list | tuple) else [x]
+    return out
+
+
+def _shapes(inputs: Any) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in _flat(inputs)]
+
+
+def _clone(x: Any) -> Any:
+    return [_clone(v) for v in x] if isinstance(x, list | tuple) else x.clone()

@@ -11,7 +11,7 @@ from typing import Any
 
 ECHO_S = 2.0  # a signal of the other kind this soon after the first is the same request
 # submitit's signal ahead of a Slurm time limit or preemption: the run saves, then submitit's own
-# handler requeues the job (fmnist/slurm.py)
+# handler requeues the job (fmnist/sweeps/slurm.py)
 REQUEUE = getattr(signal, "SIGUSR2", None)
 
 

@@ -1,54 +1,98 @@
-"""One training step, built once per run: eager, in bf16 autocast, or replayed as a CUDA graph.
-
-The variant is chosen here so the loop only ever calls `step(images, labels)`.
+"""The compute step of `fit`: the arithmetic of a training step and of an evaluation pass, for
+one run (eager, in bf16 autocast, or replayed as a CUDA graph) or for several runs computed as
+one fused model (fmnist/engine/fused_step.py). The loop only calls the methods of `ComputeStep`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from fmnist.engine.graphs import GraphedStep
-from fmnist.state import RunState
+from fmnist.engine.state import RunState
+from fmnist.metrics import evaluate
 
-Step = Callable[[torch.Tensor, torch.Tensor], None]
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: training cannot recover, so the run fails."""
 
 
-def make_step(run: RunState) -> Step:
+class ComputeStep(Protocol):
+    def keep(self, runs: list[RunState]) -> list[RunState]:
+        """Compute for these runs only from now on (the others failed or stopped); returns them."""
+
+    def train(self, batch: list[Batch]) -> None:
+        """One optimizer step of each run on its own batch; adds into each run's running sums."""
+
+    def finite(self) -> bool:
+        """Whether every run's running loss is finite (one look, one sync)."""
+
+    def evaluate(self, loader: Any, limit: int | None, keep: list[bool], wrong: int) -> list[dict]:
+        """One evaluation result per run (`fmnist.metrics.Evaluation.result`)."""
+
+
+def autocast(run: RunState) -> Any:
+    """bf16 autocast where the run decided on it; the weight-cast cache would hold tensors
+    outside a CUDA graph, so it is off there."""
+    if not run.bf16:
+        return nullcontext()
+    return torch.autocast(run.device.type, torch.bfloat16, cache_enabled=not run.graphs)
+
+
+class SingleStep:
     """forward, loss, backward, (clip), optimizer step, and the epoch's sums kept on the device."""
-    cfg, optimizer = run.cfg, run.optimizer
-    model = torch.compile(run.model) if cfg.runtime.compile else run.model
-    smoothing, clip = cfg.label_smoothing, cfg.grad_clip
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    loss_sum, correct = run.running_loss, run.running_correct
 
-    def autocast():  # noqa: ANN202  (the weight-cast cache would hold tensors outside a graph)
-        if not run.bf16:
-            return nullcontext()
-        return torch.autocast(run.device.type, torch.bfloat16, cache_enabled=not run.graphs)
+    def __init__(self, run: RunState):
+        self.run = run
+        cfg = run.cfg
+        self.model = torch.compile(run.model) if cfg.runtime.compile else run.model
+        self.params = [p for p in run.model.parameters() if p.requires_grad]
+        self.fn = self.step
+        if run.graphs:
+            sums = (run.running_loss, run.running_correct)
+            self.fn = GraphedStep(self.step, [run.model], [run.optimizer], sums)
 
-    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        with autocast():
-            logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-        optimizer.zero_grad(set_to_none=True)
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        run = self.run
+        with autocast(run):
+            logits = self.model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-        loss_sum.add_(loss.detach() * len(labels))  # per sample: exact for a short last batch
-        correct.add_((logits.argmax(1) == labels).sum())
+        if run.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, run.cfg.grad_clip)
+        run.optimizer.step()
+        run.running_loss.add_(loss.detach() * len(labels))  # per sample: exact for a short batch
+        run.running_correct.add_((logits.argmax(1) == labels).sum())
 
-    if run.graphs:
-        return GraphedStep(step, run.model, optimizer, (loss_sum, correct))
-    return step
+    def keep(self, runs: list[RunState]) -> list[RunState]:
+        return runs
+
+    def train(self, batch: list[Batch]) -> None:
+        self.fn(*batch[0])
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.run.running_loss))
+
+    def evaluate(self, loader: Any, limit: int | None, keep: list[bool], wrong: int) -> list[dict]:
+        cfg = self.run.cfg
+        kept = keep[0]
+        return [
+            evaluate(
+                self.run.eval_model,
+                loader,
+                limit,
+                wrong if kept else 0,
+                tta=cfg.tta,
+                keep_outputs=kept,
+                translate=cfg.tta_translate,
+            )
+        ]
 
 
 def check_finite(run: RunState, where: str) -> None:

@@ -1,5 +1,5 @@
 """`hydra/launcher=fused` (conf/hydra/launcher/fused.yaml): the jobs of a sweep that share a
-shape train as one fused model in this process; the work is in `fmnist.fused`."""
+shape train as one fused model in this process; the work is in `fmnist.sweeps.fused`."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +34,6 @@ class FusedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from fmnist.fused.launch import launch
+        from fmnist.sweeps.fused.launch import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -1,5 +1,5 @@
 """`hydra/sweeper=fmnist_optuna` (conf/hparams_search/optuna.yaml): Optuna's ask-and-tell over
-any Hydra launcher, the study on disk, pruning; the work is in `fmnist.search`.
+any Hydra launcher, the study on disk, pruning; the work is in `fmnist.sweeps.search`.
 
 Optuna is imported only when a search runs: Hydra imports every plugin module on each start."""
 
@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 @dataclass
 class FmnistOptunaConf:
     _target_: str = "hydra_plugins.fmnist_plugins.optuna_sweeper.FmnistOptunaSweeper"
-    _recursive_: bool = False  # sampler and pruner are built by fmnist.search, not by Hydra
+    _recursive_: bool = False  # sampler and pruner are built by fmnist.sweeps.search, not by Hydra
     direction: str = "maximize"  # maximize or minimize the job's objective
     study_name: str = "fmnist"
     storage: str | None = None  # null: optuna.journal in the sweep directory; or a DB URL
@@ -46,7 +46,7 @@ class FmnistOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from fmnist.search import Search, Settings
+        from fmnist.sweeps.search import Search, Settings
 
         plain = {
             k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v

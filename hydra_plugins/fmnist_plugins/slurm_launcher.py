@@ -1,5 +1,5 @@
 """`hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml): hydra-submitit-launcher's Slurm
-launcher with fmnist's reporting and `wait`; the work is in `fmnist.slurm`."""
+launcher with fmnist's reporting and `wait`; the work is in `fmnist.sweeps.slurm`."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,6 @@ ConfigStore.instance().store(group="hydra/launcher", name="fmnist_slurm", node=F
 
 class FmnistSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from fmnist.slurm import launch
+        from fmnist.sweeps.slurm import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -1,0 +1,83 @@
+"""`train(cfg)`: plan the run directory, build the run, restore it if it was cut short, fit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from fmnist.config import validate
+from fmnist.engine.build import build_run, restore
+from fmnist.engine.fit import fit_one
+from fmnist.engine.signals import StopOnSignal, check_not_stopped
+from fmnist.engine.state import RunState
+from fmnist.hparams import flat_hparams, identity
+from fmnist.models import check_spec, model_spec
+from fmnist.run import provenance
+from fmnist.run.directory import RunDirectory, write_hydra_files
+from fmnist.run.plan import clear_outputs, plan_run
+from fmnist.run.status import now
+
+log = logging.getLogger("fmnist")
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None, hydra_cfg: Any = None) -> dict:
+    """Train one run into `cfg.output_dir`; returns the last epoch's results row. The objective
+    (the monitored value of the selected epoch) is in the run's status.json. `hydra_cfg`: the
+    Hydra job's own node, when Hydra launched it (its .hydra/ files are written from it)."""
+    check_config(cfg)
+    # from the claim on, a signal stops the run at its next batch; the claim comes before
+    # anything is written: a second process is refused there
+    with StopOnSignal() as stop, RunDirectory(Path(cfg.output_dir)) as directory:
+        run = prepare(cfg, directory, overrides or [], hydra_cfg)
+        if not isinstance(run, RunState):
+            return run  # completed before: nothing to do
+        return fit_one(run, stop)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """What must hold before a run directory is touched."""
+    validate(cfg)
+    check_spec(model_spec(cfg.model))  # only this package's models, before anything is touched
+    check_not_stopped()
+
+
+def prepare(
+    cfg: DictConfig,
+    directory: RunDirectory,
+    overrides: list[str],
+    hydra_cfg: Any = None,
+    **provenance_extra: Any,
+) -> RunState | dict[str, Any]:
+    """Plan the claimed directory and build the run (restored when it was cut short), or the
+    result of a run that already completed. `provenance_extra`: more to record (a fused group)."""
+    run_dir = directory.path
+    plan = plan_run(run_dir, identity(cfg), cfg.epochs)
+    if plan.action == "complete":
+        status = plan.status
+        log.info(
+            "%s already completed %d epochs (selected epoch %s, test accuracy %s): nothing to do",
+            run_dir,
+            status["last_epoch"],
+            (status.get("best") or {}).get("epoch"),
+            status.get("test_accuracy"),
+        )
+        return {
+            "test_accuracy": status.get("test_accuracy"),
+            "objective": status.get("objective"),
+            "skipped": True,
+        }
+    run_log = directory.open_log()  # from here on this run writes into run_dir
+    write_hydra_files(run_dir, cfg, hydra_cfg)
+    if plan.stale:
+        clear_outputs(run_dir)
+    run = build_run(cfg, run_dir, flat_hparams(cfg), run_log)
+    if plan.action == "resume":
+        restore(run, plan.checkpoint)
+    record, diff = provenance.collect(
+        run.device, run.threads, overrides, bf16=run.bf16_reason, **provenance_extra
+    )
+    run.provenance = provenance.write_provenance(run_dir, record, diff, now())
+    return run

@@ -1,0 +1,106 @@
+"""`hydra/launcher=slurm`: hydra-submitit-launcher's Slurm launcher, with what a sweep on a real
+cluster needs besides submitting: a job that Slurm cancelled, that failed outside Python or that
+ran out of time is reported as that job's failure (its Slurm id, state and log) instead of a
+traceback that ends the sweep, and `hydra.launcher.wait=false` submits and returns at once.
+
+Time limits and preemption: submitit asks Slurm for SIGUSR2 `signal_delay_s` before the limit;
+the run stops at its next batch, saves (`fmnist.engine.signals.StopOnSignal`), then submitit
+requeues the job (`max_num_timeout` times), and the requeued job resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import CompactHydraException
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
+
+from fmnist.run.files import write_json
+from fmnist.run.status import read_status, slurm_states, write_status
+
+log = logging.getLogger("fmnist")
+
+JOBS_FILE = "slurm_jobs.json"  # in the sweep directory: job number -> Slurm job id and log
+
+
+class SlurmJobError(CompactHydraException):
+    """A job ended without a result: cancelled, killed, out of time or memory, node failure.
+    Compact: Hydra prints its one line, not a traceback of the sweep's parent."""
+
+
+def launch(launcher: Any, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+    """Submit the sweep as one array job; wait for it unless `wait` is false."""
+    import submitit
+
+    config = launcher.config
+    params = OmegaConf.to_container(OmegaConf.create(dict(launcher.params)), resolve=True)
+    assert isinstance(params, dict) and config is not None
+    wait = bool(params.pop("wait", True))
+    executor = submitit.AutoExecutor(
+        cluster="slurm",
+        folder=params.pop("submitit_folder"),
+        slurm_max_num_timeout=params.pop("max_num_timeout"),
+    )
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+    for number, overrides in zip(numbers, job_overrides, strict=True):
+        log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+    arguments = [
+        (list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state())
+        for n, o in zip(numbers, job_overrides, strict=True)
+    ]
+    jobs = executor.map_array(launcher, *zip(*arguments, strict=True))
+    job_dirs = [job_dir(launcher, list(o)) for o in job_overrides]
+    record = {
+        "array": jobs[0].job_id.split("_")[0],
+        "wait": wait,
+        "jobs": {
+            str(n): {"job_id": j.job_id, "dir": str(d), "log": str(j.paths.stderr)}
+            for n, d, j in zip(numbers, job_dirs, jobs, strict=True)
+        },
+    }
+    write_json(sweep_dir / JOBS_FILE, record)
+    print(
+        f"submitted {len(jobs)} job(s) to Slurm as array {jobs[0].job_id.split('_')[0]} "
+        f"(ids in {sweep_dir / JOBS_FILE})",
+        flush=True,
+    )
+    if not wait:
+        print(f"not waiting (hydra.launcher.wait=false): later, fmnist-compare {sweep_dir}")
+        raise SystemExit(0)
+    return [_result(j, list(o), d) for j, o, d in zip(jobs, job_overrides, job_dirs, strict=True)]
+
+
+def job_dir(launcher: Any, overrides: list[str]) -> Path:
+    """Where a job of the sweep writes (as Hydra will compute it in the job)."""
+    cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+
+
+def _result(job: Any, overrides: list[str], run_dir: Path) -> JobReturn:
+    """The job's own JobReturn, or a failed one naming what Slurm says happened to it. The run's
+    status says `interrupted` with that reason, so the summary lists it and a rerun resumes it."""
+    try:
+        return job.results()[0]
+    except Exception:  # noqa: BLE001  (UncompletedJobError, FailedJobError, ...)
+        state = slurm_states([job.job_id]).get(job.job_id) or job.state
+        message = f"Slurm job {job.job_id} {state} (log: {job.paths.stderr})"
+        if read_status(run_dir) is not None:
+            write_status(
+                run_dir,
+                status="interrupted",
+                error={"type": "SlurmJobError", "message": message},
+                slurm_job=job.job_id,
+                slurm_state=state,
+            )
+        failed = JobReturn(overrides=overrides, status=JobStatus.FAILED)
+        failed._return_value = SlurmJobError(message)  # what JobReturn.return_value raises
+        return failed
