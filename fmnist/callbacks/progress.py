@@ -8,15 +8,23 @@ import sys
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
 from fmnist.callbacks.base import Callback, RunState
 from fmnist.metrics import METRICS
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (its output is a notebook, not a log)."""
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None else None
+    return ip is not None and hasattr(ip, "kernel")
+
+
 class ProgressCallback(Callback):
     def __init__(self, bar: bool | None = None, refresh_batches: int = 20):
-        self.bar_enabled = sys.stderr.isatty() if bar is None else bar  # quiet in logs and CI
+        # by default in a terminal or a notebook; quiet in logs and CI
+        self.bar_enabled = (sys.stderr.isatty() or in_notebook()) if bar is None else bar
         self.refresh_batches = refresh_batches  # batches between updates of loss and accuracy
         self.bar: tqdm | None = None
         self._pending: tuple[torch.Tensor, int, torch.cuda.Event] | None = None
