@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	-$(BIN)/python -m pip install --upgrade pip  # best effort: an old pip works too
 	# compat: the checkout itself goes on the path (a .pth), so Hydra finds hydra_plugins/ from
 	# any folder; the default editable finder is an import hook that Hydra's plugin scan cannot walk
-	$(BIN)/python -m pip install -e '.[dev,optuna,export,notebook]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -e '.[dev,optuna,export,notebook,trackers]' --config-settings editable_mode=compat
 	-$(BIN)/python -m pip uninstall -y -q hydra-optuna-sweeper 2>/dev/null  # replaced by fmnist's sweeper; it pinned optuna < 3
 	touch $(STAMP)
 

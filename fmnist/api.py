@@ -68,7 +68,7 @@ def compose(overrides: Sequence[str] | None = None, config_dir: str | Path | Non
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    import fmnist.hparams  # noqa: F401  (its resolvers: job directory names)
+    import fmnist.resolvers  # noqa: F401  (the resolvers conf/ uses)
 
     given = [str(o) for o in overrides or []]
     if config_dir is not None:

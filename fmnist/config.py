@@ -14,8 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.metrics import OBJECTIVES, direction
-from fmnist.paths import data_root
+from fmnist.metrics import OBJECTIVES
 
 
 class ConfigError(ValueError):
@@ -148,53 +147,14 @@ class TrainConfig:
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
-# Unique per process, cached in the config so every job of a sweep sees the same value:
-# two sweeps started in the same second get different directories.
-OmegaConf.register_new_resolver("fmnist.pid", lambda: os.getpid(), use_cache=True, replace=True)
-
-OmegaConf.register_new_resolver("fmnist.data_root", data_root, replace=True)
-
 
 def cpu_cores() -> int:
+    """The cores this process may use."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         return os.cpu_count() or 1
 
-
-def auto_threads() -> int:
-    """`runtime.threads` of a job, decided when its config is composed; the run then reads it
-    from its config like any other value. Cores this job may use: cores / the jobs joblib runs at once (its n_jobs, or fewer when an
-    Optuna search launches fewer), a submitit job's cpus_per_task, else all.
-
-    Set in every job: oversubscribed cores (2 jobs x 2 threads on 2 cores) run ~17x slower.
-    """
-    cores = cpu_cores()
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        launcher = HydraConfig.get().launcher
-    except ValueError:  # not inside a Hydra job
-        return cores
-    if launcher.get("cpus_per_task"):
-        return max(1, min(cores, int(launcher.cpus_per_task)))
-    n_jobs = launcher.get("n_jobs")
-    if not n_jobs:
-        return cores
-    at_once = cores if n_jobs < 0 else int(n_jobs)
-    batch = HydraConfig.get().sweeper.get("n_jobs")  # an Optuna search launches this many
-    if isinstance(batch, int) and batch >= 1:
-        at_once = min(at_once, batch)
-    return max(1, cores // at_once)
-
-
-OmegaConf.register_new_resolver("fmnist.job_threads", auto_threads, replace=True)
-
-OmegaConf.register_new_resolver(
-    "fmnist.direction",
-    lambda monitor: "maximize" if direction(monitor) == "max" else "minimize",
-    replace=True,
-)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

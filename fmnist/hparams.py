@@ -6,7 +6,6 @@ hyperparameters (results rows, TensorBoard's HParams, compare). Nothing here lis
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +15,6 @@ from fmnist.config import UNNAMED_GROUPS, TrainConfig
 DERIVED = frozenset({"params"})  # computed from the model: shown, never used to tell runs apart
 GROUPS = ("model", "optimizer", "scheduler")  # group files shown with all their values
 ROOT_FACTS = {"identity": True, "member": False, "named": True}
-REFERENCE = re.compile(r"\$\{[\w.]+\}")  # `${lr}`: a plain reference to another key
 
 
 def facts(path: str) -> dict[str, bool]:
@@ -57,25 +55,16 @@ def leaves(cfg: DictConfig | dict[str, Any], prefix: str | None = None) -> dict[
     return out
 
 
-def references(cfg: DictConfig) -> set[str]:
-    """Keys whose value is another key's (`optimizer.lr: ${lr}`): not a fact of their own."""
-    raw = leaves(OmegaConf.to_container(cfg, resolve=False), "")
-    return {k for k, v in raw.items() if isinstance(v, str) and REFERENCE.fullmatch(v)}
-
-
-def own_leaves(cfg: DictConfig) -> dict[str, Any]:
-    skip = references(cfg)
-    return {k: v for k, v in leaves(cfg).items() if k not in skip}
-
-
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """What makes a run this run: a run directory holding other values is refused on resume."""
-    return {k: v for k, v in own_leaves(cfg).items() if facts(k)["identity"]}
+    """What makes a run this run: a run directory holding other values is refused on resume.
+    Every value as resolved, so a config resolved early (a fused group, the Python API) and one
+    resolved as it is read (the command line) give the same identity."""
+    return {k: v for k, v in leaves(cfg).items() if facts(k)["identity"]}
 
 
 def shared(cfg: DictConfig) -> dict[str, Any]:
     """What every member of a fused group must have equal (all but what each member owns)."""
-    return {k: v for k, v in own_leaves(cfg).items() if not facts(k)["member"]}
+    return {k: v for k, v in leaves(cfg).items() if not facts(k)["member"]}
 
 
 def named(override_key: str) -> bool:
@@ -88,22 +77,21 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The run's hyperparameters as one flat dict of plain values: the identity's top-level
     values, the chosen group files (`model=bn_cnn`) with their settings, and every nested
     setting that differs from the schema's default; `epochs` too."""
-    values = own_leaves(cfg)
-    choices = leaves(cfg)
+    values = leaves(cfg)
     defaults = leaves(OmegaConf.structured(TrainConfig))
     out: dict[str, Any] = {}
     for key, value in values.items():
         top = key.split(".")[0]
         if key != "epochs" and not facts(key)["identity"] or value is None or top == "choices":
             continue
-        if top in GROUPS:
-            if key.split(".")[-1].startswith("_"):
+        if top in GROUPS:  # `optimizer.lr: ${lr}` is `lr` again
+            if key.split(".")[-1].startswith("_") or (key.endswith(".lr") and value == cfg.lr):
                 continue
         elif "." in key and defaults.get(key) == value:
             continue
         out[key] = value
     for group in GROUPS:
-        out[group] = str(choices.get(f"choices.{group}"))
+        out[group] = str(values.get(f"choices.{group}"))
     return out
 
 
@@ -114,6 +102,3 @@ def job_dirname(overrides: list[str]) -> str:
 
     parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
     return ",".join(sorted(str(o.input_line) for o in parsed if named(o.key_or_group)))
-
-
-OmegaConf.register_new_resolver("fmnist.dirname", job_dirname, replace=True)

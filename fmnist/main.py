@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import fmnist.resolvers  # noqa: F401  (registers the resolvers conf/ uses)
 from fmnist.config import ConfigError
 from fmnist.data import DataError
 from fmnist.engine.runner import train

@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-import fmnist.config  # noqa: F401
+import fmnist.resolvers  # noqa: F401  (the schema and the resolvers)
 from fmnist.callbacks.base import Callback, Tracker
 from fmnist.callbacks.status import peak_rss_mb
 from fmnist.data import ensure_data

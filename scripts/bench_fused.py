@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fmnist import provenance  # noqa: E402
 from fmnist.engine.runtime import cpu_model  # noqa: E402
+from fmnist.run import provenance  # noqa: E402
 
 SWEEPS = {
     "README grid (lr x batch_size, 5 epochs)": ["lr=0.01,0.001", "batch_size=100,1000"],

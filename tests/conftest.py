@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import fmnist.config  # noqa: F401  (registers the schema and resolvers)
+import fmnist.resolvers  # noqa: F401  (registers the schema and the resolvers)
 from fmnist.data import ensure_data
 
 ROOT = Path(__file__).resolve().parent.parent

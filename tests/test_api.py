@@ -22,7 +22,9 @@ TINY = ["epochs=1", "limit_train_batches=3", "limit_test_batches=1", f"data.root
 @pytest.mark.slow
 def test_two_calls_in_one_process_make_two_runs_with_their_own_values(tmp_path, data_root):
     first = fmnist.train([*TINY, "lr=0.005", f"hydra.run.dir={tmp_path / 'a'}"])
-    cfg = fmnist.compose([*TINY, "lr=0.02", "model=bn_cnn", "model.width=8"])
+    cfg = fmnist.compose(
+        [*TINY, "lr=0.02", "model=bn_cnn", "model.width=8", f"hydra.run.dir={tmp_path / 'b'}"]
+    )
     assert cfg.lr == 0.02 and cfg.choices.model == "bn_cnn" and Path(cfg.output_dir).is_absolute()
     second = fmnist.train(cfg)
     assert first.dir != second.dir and first.status == second.status == "completed"
@@ -38,7 +40,7 @@ def test_two_calls_in_one_process_make_two_runs_with_their_own_values(tmp_path, 
     assert abs(table[list(fmnist.CLASSES)].sum(axis=1) - 1).max() < 1e-5
     assert (second.dir / ".hydra" / "overrides.yaml").is_file()  # as the command line writes
     compared = fmnist.compare(tmp_path)
-    assert set(compared["run"]) == {"a", second.dir.name} or len(compared) >= 1
+    assert sorted(compared["run"]) == ["a", "b"] and set(compared["status"]) == {"completed"}
 
 
 def fmnist_images(n: int):  # noqa: ANN201
@@ -175,7 +177,7 @@ def test_the_articles_notebook_runs_top_to_bottom_in_a_real_kernel(tmp_path, dat
     assert "32,998 parameters" in texts(outputs[3])
     assert len(list(sweep_dir.glob("*/status.json"))) == 8  # the article's 2 x 2 x 2 grid
     table = outputs[5][0]["data"]["text/html"]
-    assert table.count("<tr>") == 9  # a header and 8 runs
+    assert table.count("<tr") == 9  # a header and 8 runs
     for column in ("lr", "batch_size", "shuffle", "test_accuracy"):
         assert f"<th>{column}</th>" in table
     assert images(outputs[6]) == 1 and images(outputs[7]) == 1  # curves, confusion matrix

@@ -576,7 +576,7 @@ def test_a_reader_that_leaves_early_costs_no_traceback_and_no_file(finished, tmp
     """`fmnist-evaluate RUN | head`: the pipe closes before the report is printed."""
     out = tmp_path / "eval"
     for module, args in (("evaluate", [finished, "--out", out]), ("compare", [finished.parent])):
-        command = " ".join([sys.executable, "-m", f"fmnist.{module}", *map(str, args)])
+        command = " ".join([sys.executable, "-m", f"fmnist.commands.{module}", *map(str, args)])
         done = subprocess.run(
             ["bash", "-c", f"{command} | true; exit ${{PIPESTATUS[0]}}"],
             capture_output=True,

@@ -26,8 +26,11 @@ ZOO = {
 # Within these of the standalone run's per-epoch values: the fused model adds the same products
 # in another order (grouped convolution, batched matmul), so float rounding differs by ~1e-7 a
 # step and, through training's feedback, grows with the steps; equality holds only per step.
+# On an Intel Xeon with AMX, member 0's grouped convolution rounds unlike a plain one (the others
+# match bit for bit), and 2 x 40 Adam steps at lr 0.01 grow that to 6e-3 in val_loss (measured
+# with the code before and after the one-engine change alike); 2 x 15 steps stay at 4e-4.
 TOLERANCE = {"loss": 2e-3, "accuracy": 5e-3}
-SHORT = ["epochs=2", "limit_train_batches=40", "limit_test_batches=2", "data.val_size=1000"]
+SHORT = ["epochs=2", "limit_train_batches=15", "limit_test_batches=2", "data.val_size=1000"]
 
 
 def models(name: str, k: int) -> list[torch.nn.Module]:

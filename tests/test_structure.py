@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from fmnist.engine.runner import train
-from fmnist.hparams import identity, job_dirname, named, shared
+from fmnist.hparams import flat_hparams, identity, job_dirname, named, shared
 from fmnist.sweeps.report import shared_directory_keys
 from tests.conftest import compose_cfg, run_train
 
@@ -70,6 +70,17 @@ def test_each_fact_about_a_key_is_declared_once_on_the_schema(tmp_path):
         assert key in common, key  # the shared computation
     assert "data.augment.hflip" not in common and "data.val_size" in common
     assert not named("runtime.threads") and named("runtime.bf16") and named("seed")
+
+
+@pytest.mark.parametrize("overrides", [[], ["experiment=fast"], ["scheduler=onecycle"]])
+def test_the_identity_is_the_same_resolved_early_or_as_read(overrides, tmp_path):
+    """The command line reads `${lr}` as it goes; a fused group and the Python API resolve their
+    configs first: the same run must get the same identity (else a rerun is refused)."""
+    cfg = compose_cfg(overrides, output_dir=tmp_path)
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.resolve(task)
+    assert identity(task) == identity(cfg) and flat_hparams(task) == flat_hparams(cfg)
+    assert "optimizer.lr" not in flat_hparams(task)
 
 
 def test_the_objective_is_named_once():

@@ -157,9 +157,8 @@ def test_a_browser_sees_both_dashboards(tensorboard, sweep4, tmp_path):
         page.screenshot(path=str(tmp_path / "timeseries.png"))
         page.goto(f"{tensorboard}/#hparams", wait_until="networkidle")
         page.get_by_text("Trial ID").first.wait_for(timeout=60_000)
-        page.get_by_role(
-            "checkbox", name="lr", exact=True
-        ).first.check()  # lr is not shown at first
+        swept = page.get_by_role("checkbox", name="lr", exact=True).first
+        assert swept.is_checked()  # what the sweep varies is shown first, unasked
         for lr, val in expected:
             page.get_by_text(lr, exact=True).first.wait_for(timeout=30_000)
             assert page.get_by_text(val, exact=True).count() >= 1, val

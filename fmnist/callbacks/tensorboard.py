@@ -45,6 +45,23 @@ def file_writer(writer: SummaryWriter) -> Any:
     return writer._get_file_writer()
 
 
+def write_experiment(log_dir: Any, varying: dict[str, Any], constants: dict[str, Any]) -> None:
+    """A sweep's HParams experiment: TensorBoard lists (and checks) the hyperparameters that
+    vary first, the constants after, and the metrics named. A sweep's jobs write their sessions
+    only, so this is the one experiment TensorBoard finds."""
+    values = {k: hparam_value(v) for k, v in {**varying, **constants}.items()}
+    exp, _, _ = hparams_summaries(values, dict.fromkeys(HPARAM_METRICS, 0.0))
+    data = plugin_data_pb2.HParamsPluginData()
+    value = exp.value[0]
+    data.ParseFromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in varying
+    value.metadata.plugin_data.content = data.SerializeToString()
+    writer = SummaryWriter(log_dir=str(log_dir))
+    file_writer(writer).add_summary(exp)
+    writer.close()
+
+
 def hparam_value(value: Any) -> int | float | str | bool:
     return value if isinstance(value, int | float | str | bool) else str(value)
 
@@ -62,6 +79,7 @@ class TensorBoardCallback(Callback):
         embedding_interval: int = 0,  # epochs between projector embeddings; 0 = at the end only
         pr_curves: bool = True,
         prediction_images: int = 16,  # the predictions-vs-truth figure; 0 = off
+        sweep_dir: str | None = None,  # set in a multirun: the sweep writes the HParams experiment
     ):
         self.log_graph, self.log_images, self.hparams = log_graph, log_images, hparams
         self.histogram_interval, self.figure_interval = histogram_interval, figure_interval
@@ -73,6 +91,7 @@ class TensorBoardCallback(Callback):
         self.embedding_samples, self.pr_curves = embedding_samples, pr_curves
         self.embedding_interval = embedding_interval  # ~0.3 s each on 2 CPU cores: not every epoch
         self.prediction_images = prediction_images
+        self.in_sweep = bool(sweep_dir)
         self.writer: SummaryWriter | None = None
         self._sample: tuple[torch.Tensor, torch.Tensor] | None = None  # images shown each epoch
 
@@ -84,7 +103,8 @@ class TensorBoardCallback(Callback):
             values = {k: hparam_value(v) for k, v in state.hparams.items()}
             metrics = [m for m in HPARAM_METRICS if state.data.val is not None or "/val" not in m]
             exp, ssi, _ = hparams_summaries(values, dict.fromkeys(metrics, 0.0))
-            file_writer(self.writer).add_summary(exp)
+            if not self.in_sweep:  # a sweep's experiment is the sweep's (write_experiment)
+                file_writer(self.writer).add_summary(exp)
             file_writer(self.writer).add_summary(ssi)
         if state.provenance:
             self.writer.add_text("provenance", as_markdown(state.provenance), state.start_epoch)

@@ -27,11 +27,11 @@ def fit(runs: list[RunState], stop: StopOnSignal, step: ComputeStep | None = Non
     `cfg.epochs`. Each run ends completed (or stopped early) or with `run.error` set; a signal
     raises `RunInterrupted` after every run still training recorded it."""
     active = list(runs)
-    step = step or make_step(active)
     start = time.perf_counter()
     for run in active:
         run.run_start = start
     try:
+        step = step or make_step(active)
         active = each(active, "on_run_start")
         stop.check()  # a signal during the build: stop before the first batch
         for epoch in range(runs[0].start_epoch + 1, runs[0].cfg.epochs + 1):
@@ -51,7 +51,8 @@ def fit(runs: list[RunState], stop: StopOnSignal, step: ComputeStep | None = Non
         each(active, "on_run_end")
     except KeyboardInterrupt as exc:  # a signal: every run still training records it and saves
         for run in active:
-            run.tracker.on_exception(run, exc)
+            if run.error is None:  # one that failed this epoch stays failed, with its reason
+                run.tracker.on_exception(run, exc)
         raise
     except Exception as exc:  # noqa: BLE001  (the shared step failed: so did every run in it)
         for run in active:
@@ -102,6 +103,8 @@ def each(active: list[RunState], hook: str, *args: Any) -> list[RunState]:
 
 
 def train_epoch(active: list[RunState], step: ComputeStep, stop: StopOnSignal) -> list[RunState]:
+    if not active:
+        return active
     first = active[0]
     nan_every = first.cfg.runtime.nan_check_interval or (1 if first.device.type == "cpu" else 50)
     for run in active:

@@ -47,7 +47,8 @@ class FusedStep:
         self.fn = self.step
         if all(r.graphs for r in runs):
             models, optimizers = [r.model for r in runs], [r.optimizer for r in runs]
-            self.fn = GraphedStep(self.step, models, optimizers, (self.loss, self.correct))
+            sums, rows = (self.loss, self.correct), int(first.cfg.batch_size)
+            self.fn = GraphedStep(self.step, models, optimizers, sums, rows)
         return runs
 
     def train(self, batch: list[Batch]) -> None:

@@ -82,15 +82,20 @@ class GraphedStep:
         models: list[torch.nn.Module],
         optimizers: list[torch.optim.Optimizer],
         sums: tuple[torch.Tensor, ...],
+        rows: int,
         warmup: int = 3,
     ):
+        """`rows`: a full batch's size; a graph is captured on a full batch only."""
         self.step, self.models, self.optimizers, self.sums = step, models, optimizers, sums
-        self.warmup = warmup
+        self.rows, self.warmup = rows, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: list[Any] = []
 
     def __call__(self, *inputs: Any) -> None:
         if self.graph is None:
+            if _flat(inputs)[0].shape[0] != self.rows:
+                self.step(*inputs)  # a short batch first (a group rebuilt late in an epoch)
+                return
             self._capture(inputs)
         if _shapes(inputs) != _shapes(self.inputs):
             self.step(*inputs)  # the shorter last batch

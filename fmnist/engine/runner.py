@@ -26,7 +26,10 @@ log = logging.getLogger("fmnist")
 def train(cfg: DictConfig, overrides: list[str] | None = None, hydra_cfg: Any = None) -> dict:
     """Train one run into `cfg.output_dir`; returns the last epoch's results row. The objective
     (the monitored value of the selected epoch) is in the run's status.json. `hydra_cfg`: the
-    Hydra job's own node, when Hydra launched it (its .hydra/ files are written from it)."""
+    Hydra job's own node, when Hydra launched it (its .hydra/ files are written from it); by
+    default the config's own `hydra` node (composed with `return_hydra_config=True`)."""
+    if hydra_cfg is None and "hydra" in cfg:
+        hydra_cfg = cfg.hydra
     check_config(cfg)
     # from the claim on, a signal stops the run at its next batch; the claim comes before
     # anything is written: a second process is refused there

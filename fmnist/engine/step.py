@@ -55,7 +55,8 @@ class SingleStep:
         self.fn = self.step
         if run.graphs:
             sums = (run.running_loss, run.running_correct)
-            self.fn = GraphedStep(self.step, [run.model], [run.optimizer], sums)
+            rows = int(cfg.batch_size)
+            self.fn = GraphedStep(self.step, [run.model], [run.optimizer], sums, rows)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         run = self.run

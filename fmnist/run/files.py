@@ -65,3 +65,12 @@ def read_json(path: str | Path) -> Any:
 
 def save_torch(path: str | Path, obj: Any) -> None:
     atomic_write(Path(path), lambda h: torch.save(obj, h))
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file; {} when it is missing, unreadable or not an object."""
+    try:
+        found = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}

@@ -41,7 +41,8 @@ def plan_run(run_dir: Path, identity: dict[str, Any], epochs: int) -> Plan:
             )
         return Plan("fresh")
     recorded, last = status.get("identity"), status.get("last_epoch", 0)
-    if (recorded and not isinstance(recorded, dict)) or not isinstance(last, int | None):
+    shapes = (recorded, status.get("hparams"))
+    if any(s and not isinstance(s, dict) for s in shapes) or not isinstance(last, int | None):
         raise RunDirError(
             f"{run_dir / STATUS} is not a status file this package wrote (unexpected shape); "
             "move it away or choose another directory"
@@ -54,11 +55,7 @@ def plan_run(run_dir: Path, identity: dict[str, Any], epochs: int) -> Plan:
     if not recorded:  # failed before training started: nothing to keep
         return Plan("fresh", stale=True)
     if recorded != identity:
-        diff = ", ".join(
-            f"{k}: {recorded.get(k, '(unset)')} -> {identity.get(k, '(unset)')}"
-            for k in sorted(set(recorded) | set(identity))
-            if recorded.get(k) != identity.get(k)
-        )
+        diff = ", ".join(differences(recorded, identity))
         raise RunDirError(
             f"{run_dir} already holds a different run ({diff}); "
             "rerun with the recorded values or use another directory"
@@ -78,6 +75,21 @@ def plan_run(run_dir: Path, identity: dict[str, Any], epochs: int) -> Plan:
     if checkpoint_path(run_dir, "last").exists():
         log.warning("no readable checkpoint in %s: starting the run over", run_dir / CHECKPOINTS)
     return Plan("fresh", stale=True)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for each value that differs; a group file's value that changed exactly
+    as a top-level one did (`optimizer.lr: ${lr}`) is not named again."""
+    seen, out = set(), []
+    for key in sorted(set(old) | set(new), key=lambda k: (k.count("."), k)):
+        change = (repr(old.get(key, "(unset)")), repr(new.get(key, "(unset)")))
+        if old.get(key, "(unset)") == new.get(key, "(unset)"):
+            continue
+        if change in seen and key.split(".")[0] in ("model", "optimizer", "scheduler"):
+            continue  # a group file's `${lr}` follows the top-level value
+        seen.add(change)
+        out.append(f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}")
+    return sorted(out)
 
 
 def clear_outputs(run_dir: Path) -> None:

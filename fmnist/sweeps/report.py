@@ -164,6 +164,7 @@ class SweepReport(Callback):
         except (FileNotFoundError, ValueError) as exc:
             print(f"no summary: {exc}")
             return
+        tensorboard_experiment(self.sweep_dir)
         ended = summary.table["status"].isin(["completed", "pruned"])  # pruned: by a search
         failed = summary.table[~ended]
         pruned = summary.table[summary.table["status"] == "pruned"]
@@ -192,6 +193,26 @@ class SweepReport(Callback):
                 )
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def tensorboard_experiment(sweep_dir: Path) -> None:
+    """The sweep's HParams experiment for TensorBoard (its jobs logged there): what varies
+    across its runs first, the constants after. Kept with its first job, so TensorBoard's runs
+    stay one per job."""
+    runs = sorted({p.parent for p in sweep_dir.glob("*/events.out.tfevents.*")})
+    hparams = [(read_status(r) or {}).get("hparams") for r in runs]
+    hparams = [h for h in hparams if isinstance(h, dict)]
+    if not hparams:
+        return
+    from fmnist.callbacks.tensorboard import write_experiment
+
+    keys = list(dict.fromkeys(k for h in hparams for k in h))
+    varying = {k: hparams[0].get(k) for k in keys if len({repr(h.get(k)) for h in hparams}) > 1}
+    constants = {k: hparams[0][k] for k in keys if k not in varying and k in hparams[0]}
+    try:
+        write_experiment(runs[0], varying, constants)
+    except OSError as exc:
+        print(f"warning: no TensorBoard HParams experiment for the sweep: {exc}", file=sys.stderr)
 
 
 def running_jobs(sweep_dir: Path, workers: set[int]) -> dict[Path, int]:
