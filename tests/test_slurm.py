@@ -36,6 +36,22 @@ def reference(args: list[str], tmp_path: Path, name: str) -> list[dict]:
     return metrics(run_dir)
 
 
+def test_a_signal_delay_that_leaves_a_job_no_time_is_one_line_before_submitting(tmp_path):
+    """No cluster needed: refused before submitit is asked for anything."""
+    pytest.importorskip("submitit")
+    sweep = tmp_path / "sweep"
+    done = run_train(
+        ["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=1", "lr=0.01,0.001"]
+        + [f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "signal_delay_s=120 is invalid with timeout_min=1" in err[-1] and "at most 15" in err[-1]
+    assert not (sweep / JOBS_FILE).exists()
+
+
 def test_the_readme_sweep_runs_as_one_array_job(slurm, tmp_path):
     sweep = tmp_path / "sweep"
     grid = ["lr=0.01,0.001", "batch_size=100,1000"]

@@ -33,6 +33,22 @@ class SlurmJobError(CompactHydraException):
     Compact: Hydra prints its one line, not a traceback of the sweep's parent."""
 
 
+class SlurmSettingError(CompactHydraException):
+    """Launcher settings that cannot work; one line, before anything is submitted."""
+
+
+def check_signal_delay(timeout_min: float, delay_s: int) -> None:
+    """Slurm warns a job `signal_delay_s` before its limit, and the job then saves and is
+    requeued: a delay over half the limit leaves each slice (almost) no time to train."""
+    limit_s = 60 * timeout_min
+    if delay_s > limit_s / 2:
+        raise SlurmSettingError(
+            f"hydra.launcher.signal_delay_s={delay_s} is invalid with timeout_min={timeout_min:g}: "
+            f"each job would be told to stop {delay_s} s into a {limit_s:g} s slice; "
+            f"use at most {int(limit_s // 4)} (a quarter of the limit)"
+        )
+
+
 def launch(launcher: Any, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
     """Submit the sweep as one array job; wait for it unless `wait` is false."""
     import submitit
@@ -41,6 +57,7 @@ def launch(launcher: Any, job_overrides: Any, initial_job_idx: int) -> list[JobR
     params = OmegaConf.to_container(OmegaConf.create(dict(launcher.params)), resolve=True)
     assert isinstance(params, dict) and config is not None
     wait = bool(params.pop("wait", True))
+    check_signal_delay(float(params["timeout_min"]), int(params.get("signal_delay_s") or 0))
     executor = submitit.AutoExecutor(
         cluster="slurm",
         folder=params.pop("submitit_folder"),
