@@ -85,6 +85,8 @@ class RuntimeConfig:
     bf16: Any = False
     nan_check_interval: int = 0  # check loss every N steps; 0 = every step on CPU, 50 on GPU
     detect_anomaly: bool = False  # autograd anomaly detection (debug=anomaly): slow, names the op
+    # set by hydra/launcher=pool: {index, device, cpus} of the job's slot (recorded in provenance)
+    slot: Any = key(None, identity=False, named=False)
 
 
 @dataclass

@@ -46,9 +46,9 @@ def test_a_signal_delay_that_leaves_a_job_no_time_is_one_line_before_submitting(
         cwd=tmp_path,
         check=False,
     )
-    err = done.stderr.strip().splitlines()
+    (line,) = [x for x in done.stderr.splitlines() if "signal_delay_s" in x]  # one line
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "signal_delay_s=120 is invalid with timeout_min=1" in err[-1] and "at most 15" in err[-1]
+    assert "signal_delay_s=120 is invalid with timeout_min=1" in line and "at most 15" in line
     assert not (sweep / JOBS_FILE).exists()
 
 

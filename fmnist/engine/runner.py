@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fmnist.config import validate
 from fmnist.engine.build import build_run, restore
@@ -79,6 +79,8 @@ def prepare(
     run = build_run(cfg, run_dir, flat_hparams(cfg), run_log)
     if plan.action == "resume":
         restore(run, plan.checkpoint)
+    if cfg.runtime.get("slot"):  # a pool launcher's slot: which GPU, which cores
+        provenance_extra["slot"] = OmegaConf.to_container(cfg.runtime.slot)
     record, diff = provenance.collect(
         run.device, run.threads, overrides, bf16=run.bf16_reason, **provenance_extra
     )

@@ -81,7 +81,7 @@ class SweepReport(Callback):
         self.reported = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        clash = shared_directory_keys(config)
+        clash = [] if is_search(config) else shared_directory_keys(config)  # trial_<n> dirs
         if clash:
             print(
                 f"error: cannot sweep {', '.join(clash)}: it is left out of job directory names "

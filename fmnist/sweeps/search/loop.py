@@ -98,6 +98,10 @@ class Search:
                 finished,
                 len(pending),
             )
+        if hasattr(self.launcher, "pool"):  # one trial at a time: a new one as soon as one ends
+            self.search_without_batches(study, space, pending, finished)
+            self.report(study)
+            return study
         while True:
             batch, pending = pending[: s.n_jobs], pending[s.n_jobs :]
             while len(batch) < s.n_jobs and finished + len(batch) + len(pending) < s.n_trials:
@@ -111,6 +115,28 @@ class Search:
             finished += len(batch)
         self.report(study)
         return study
+
+    def search_without_batches(
+        self, study: optuna.Study, space: SearchSpace, pending: list, finished: int
+    ) -> None:
+        """Keep `n_jobs` trials running: ask for the next the moment one ends (completed,
+        pruned or failed); trials a killed search left running go first."""
+        s, pool, running = self.settings, self.launcher.pool(), {}
+        try:
+            while True:
+                while len(running) < s.n_jobs and (pending or finished + len(running) < s.n_trials):
+                    trial = pending.pop(0) if pending else study.ask(space.distributions)
+                    job = self.job_overrides(space, trial.params, trial.number)
+                    running[pool.submit(job, trial.number)] = trial
+                if not running:
+                    break
+                for handle in pool.wait_any():
+                    self.tell(study, running.pop(handle), handle.ret)
+                    finished += 1
+                if pool.interrupted is not None:
+                    raise pool.interrupted
+        finally:
+            pool.close()
 
     def job_overrides(self, space: SearchSpace, params: dict[str, Any], number: int) -> list[str]:
         return [

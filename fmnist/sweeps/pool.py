@@ -1,0 +1,220 @@
+"""`hydra/launcher=pool`: a sweep's jobs on this machine, one job per slot, the next job the
+moment a slot frees (no batches). A slot is a GPU (`jobs_per_device` jobs on each) or, without
+one, a disjoint set of cores: the job's threads are its cores, pinned where the OS allows.
+
+Each slot keeps one worker process alive between jobs (loky's executor, as joblib's workers do):
+a job does not pay `import torch` again, and it is still a clean run (its own seed, threads,
+logger, status). A worker that dies fails its job alone; the slot gets a new worker. Ctrl-C and
+SIGTERM stop the sweep as under joblib: every started job saves and ends `interrupted`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from omegaconf import open_dict
+
+from fmnist.config import cpu_cores
+
+log = logging.getLogger("fmnist")
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    device: str  # "cpu" or "cuda:N"
+    cpus: tuple[int, ...]
+
+    def record(self) -> dict[str, Any]:
+        return {"index": self.index, "device": self.device, "cpus": list(self.cpus)}
+
+
+def plan_slots(
+    gpus: int, cores: list[int], slots: int | None, jobs_per_device: int, cores_per_slot: int | None
+) -> tuple[list[Slot], str]:
+    """The slots and why: `jobs_per_device` per GPU (the cores shared out among them), else
+    disjoint sets of `cores_per_slot` cores (auto: 1 core up to 8 cores, then cores / 8)."""
+    if gpus:
+        n = slots or gpus * jobs_per_device
+        share = max(1, len(cores) // n)
+        out = [
+            Slot(i, f"cuda:{i % gpus}", tuple(cores[(i * share) % len(cores) :][:share]))
+            for i in range(n)
+        ]
+        why = f"{gpus} CUDA GPU(s) x {jobs_per_device} job(s) each, {share} core(s) per job"
+        return out, why
+    per = cores_per_slot or max(1, len(cores) // 8)
+    n = min(slots or len(cores) // per, max(1, len(cores) // per))
+    out = [Slot(i, "cpu", tuple(cores[i * per : (i + 1) * per])) for i in range(max(1, n))]
+    why = f"no CUDA GPU: {len(cores)} cores in {len(out)} slot(s) of {per} core(s)"
+    return out, why
+
+
+def _enter_slot(slot: Slot) -> None:
+    """In a slot's worker, before anything else: its GPU and its cores, and Ctrl-C left to the
+    sweep's parent (it stops the running jobs; an idle worker must not die of it)."""
+    if slot.device.startswith("cuda"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = slot.device.split(":")[1]
+    os.environ["OMP_NUM_THREADS"] = str(len(slot.cpus))
+    try:
+        import psutil
+
+        psutil.Process().cpu_affinity(list(slot.cpus))
+    except (AttributeError, OSError, ValueError, ImportError):  # no affinity here (macOS)
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(
+    idx: int, overrides: list[str], slot: Slot, context: Any, sweep: Any, task: Any, state: Any
+) -> Any:
+    """One job in a slot's worker, as Hydra's joblib launcher runs one."""
+    setup_globals()
+    Singleton.set_state(state)
+    config = context.config_loader.load_sweep_config(sweep, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
+        config.hydra.job.num = idx
+        config.runtime.threads = len(slot.cpus)  # the slot's cores, whatever the job asked
+        config.runtime.slot = slot.record()
+    HydraConfig.instance().set_config(config)
+    return run_job(
+        hydra_context=context,
+        config=config,
+        task_function=task,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
+@dataclass(eq=False)
+class Handle:
+    """A job given to the pool: `ret` once it has ended."""
+
+    idx: int
+    overrides: list[str]
+    ret: JobReturn | None = None
+    slot: Slot | None = field(default=None, repr=False)
+
+
+class Pool:
+    def __init__(self, launcher: Any):
+        self.launcher = launcher
+        gpus = launcher.devices
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        self.slots, why = plan_slots(
+            gpus,
+            available_cores(),
+            launcher.slots,
+            launcher.jobs_per_device,
+            launcher.cores_per_slot,
+        )
+        print(f"pool launcher: {len(self.slots)} slot(s) ({why})", flush=True)
+        self.free = list(self.slots)
+        self.executors: dict[int, Any] = {}
+        self.queue: deque[Handle] = deque()
+        self.running: dict[Future, Handle] = {}
+        self.interrupted: BaseException | None = None
+
+    def submit(self, overrides: list[str], idx: int) -> Handle:
+        handle = Handle(idx, list(overrides))
+        self.queue.append(handle)
+        self._dispatch()
+        return handle
+
+    def _executor(self, slot: Slot) -> Any:
+        from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+        if slot.index not in self.executors:
+            self.executors[slot.index] = ProcessPoolExecutor(
+                max_workers=1, initializer=_enter_slot, initargs=(slot,)
+            )
+        return self.executors[slot.index]
+
+    def _dispatch(self) -> None:
+        ctx, sweep = self.launcher.hydra_context, self.launcher.config
+        while self.queue and self.free and self.interrupted is None:
+            handle, slot = self.queue.popleft(), self.free.pop(0)
+            handle.slot = slot
+            log.info(
+                "\t#%d : %s (slot %d)",
+                handle.idx,
+                " ".join(filter_overrides(handle.overrides)),
+                slot.index,
+            )
+            future = self._executor(slot).submit(
+                _run, handle.idx, handle.overrides, slot, ctx, sweep,
+                self.launcher.task_function, Singleton.get_state(),
+            )  # fmt: skip
+            self.running[future] = handle
+
+    def wait_any(self) -> list[Handle]:
+        """Block until at least one running job ends; those that ended, their slots freed."""
+        done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
+        ended = []
+        for future in done:
+            handle = self.running.pop(future)
+            handle.ret = self._result(future, handle)
+            self.free.append(handle.slot)
+            self.free.sort(key=lambda s: s.index)
+            ended.append(handle)
+        self._dispatch()
+        return ended
+
+    def _result(self, future: Future, handle: Handle) -> JobReturn:
+        try:
+            return future.result()
+        except KeyboardInterrupt as exc:  # the job saved and stopped: so does the sweep
+            self.interrupted = self.interrupted or exc
+            return _failed(handle, exc)
+        except Exception as exc:  # noqa: BLE001  (its worker died: that job fails alone)
+            self.executors.pop(handle.slot.index, None)
+            reason = RuntimeError(f"its worker process died ({type(exc).__name__}: {exc})")
+            log.error("#%d failed: %s", handle.idx, reason)
+            return _failed(handle, reason)
+
+    def close(self) -> None:
+        for executor in self.executors.values():
+            executor.shutdown(wait=False, kill_workers=True)
+        self.executors.clear()
+
+
+def _failed(handle: Handle, exc: BaseException) -> JobReturn:
+    ret = JobReturn(overrides=handle.overrides, status=JobStatus.FAILED)
+    ret.return_value = exc
+    return ret
+
+
+def available_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return list(range(cpu_cores()))
+
+
+def launch(launcher: Any, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+    """Every job of a grid sweep through the pool; the returns in sweep order."""
+    pool = launcher.pool()
+    try:
+        handles = [pool.submit(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        while pool.running:
+            pool.wait_any()
+    except BaseException:  # a signal to the parent: its jobs have saved (SweepReport)
+        pool.close()
+        raise
+    if pool.interrupted is not None:
+        pool.close()
+        raise pool.interrupted
+    return [h.ret for h in handles]

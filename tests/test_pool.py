@@ -1,0 +1,101 @@
+"""hydra/launcher=pool (fmnist/sweeps/pool.py): one job per slot, the next the moment a slot frees,
+with real worker processes, real cores and a real search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from fmnist.sweeps.pool import plan_slots
+from tests.conftest import run_train
+from tests.test_resume import start
+
+TINY = ["epochs=1", "limit_train_batches=3", "limit_test_batches=1", "callbacks.progress.bar=false"]
+POOL = ["-m", "hydra/launcher=pool", "hydra.launcher.slots=2", "hydra.launcher.cores_per_slot=1"]
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_slots_share_out_gpus_and_cores():
+    slots, why = plan_slots(4, list(range(16)), None, 2, None)
+    assert [s.device for s in slots] == [f"cuda:{i % 4}" for i in range(8)] and "4 CUDA" in why
+    cpus = [c for s in slots for c in s.cpus]
+    assert len(cpus) == len(set(cpus)) == 16  # 2 cores each, none shared
+    slots, why = plan_slots(0, [0, 1], None, 1, None)
+    assert [(s.device, s.cpus) for s in slots] == [("cpu", (0,)), ("cpu", (1,))]
+    slots, _ = plan_slots(0, list(range(32)), None, 1, None)
+    assert len(slots) == 8 and all(len(s.cpus) == 4 for s in slots)
+    assert len(plan_slots(0, [0, 1, 2, 3], 3, 1, 2)[0]) == 2  # never more slots than cores allow
+
+
+@pytest.mark.slow
+def test_four_jobs_over_two_slots_run_on_disjoint_cores_in_two_live_workers(tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    done = run_train([*POOL, "seed=0,1,2,3", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert "pool launcher: 2 slot(s)" in done.stdout
+    jobs = sorted(sweep.glob("*/provenance.json"))
+    assert len(jobs) == 4
+    slots = [read(p)["slot"] for p in jobs]
+    assert {s["index"] for s in slots} == {0, 1} and {s["device"] for s in slots} == {"cpu"}
+    by_slot = {s["index"]: s["cpus"] for s in slots}
+    assert len(by_slot[0]) == len(by_slot[1]) == 1 and by_slot[0] != by_slot[1]
+    status = [read(p.parent / "status.json") for p in jobs]
+    assert {s["status"] for s in status} == {"completed"}
+    pids = {s["pid"] for s in status}
+    assert len(pids) == 2 and os.getpid() not in pids  # one worker per slot, kept between jobs
+    assert {read(p)["hardware"]["threads"] for p in jobs} == {1}  # its slot's cores
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_job_alone_and_the_sweep_goes_on(tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    args = [*POOL, "seed=0,1,2", "epochs=2", "limit_train_batches=200", "limit_test_batches=1"]
+    proc = start([*args, "callbacks.progress.bar=false", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    victim = sweep / "epochs=2,seed=0" / "status.json"
+    deadline = time.monotonic() + 120
+    while not (victim.is_file() and read(victim).get("status") == "running"):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    os.kill(read(victim)["pid"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-2000:]
+    assert "its worker process died" in out
+    for seed in (1, 2):
+        assert read(sweep / f"epochs=2,seed={seed}" / "status.json")["status"] == "completed"
+    assert "epochs=2,seed=0: crashed" in out or "epochs=2,seed=0: failed" in out, out[-2000:]
+
+
+def when(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+@pytest.mark.slow
+def test_a_search_over_the_pool_starts_a_trial_while_a_long_one_still_runs(tmp_path, data_root):
+    sweep = tmp_path / "search"
+    run_train(
+        ["hparams_search=optuna", "hydra/launcher=pool", "hydra.launcher.slots=2"]
+        + ["hydra.launcher.cores_per_slot=1", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4"]
+        + ["hydra.sweeper.pruner=none", "epochs=1", "limit_test_batches=1", "data.val_size=1000"]
+        + ["hydra.sweeper.params.lr=0.01", "hydra.sweeper.params.batch_size=100"]
+        + ["hydra.sweeper.params.optimizer=adam"]
+        + ["+hydra.sweeper.params.limit_train_batches='choice(2,400)'"]
+        + ["hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler"]
+        + ["hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+    )
+    trials = {p.parent.name: read(p) for p in sorted(sweep.glob("trial_*/status.json"))}
+    assert len(trials) == 4 and {t["status"] for t in trials.values()} == {"completed"}
+    first_two = [trials["trial_000"], trials["trial_001"]]
+    sizes = {t["hparams"]["limit_train_batches"] for t in first_two}
+    assert sizes == {2, 400}  # the seeded sampler's first two trials: one short, one long
+    long_end = max(when(t["ended"]) for t in first_two)
+    # in batches, trial 2 would wait for both; here it starts as soon as the short one ends
+    assert when(trials["trial_002"]["started"]) < long_end, trials
