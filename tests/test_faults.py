@@ -66,6 +66,29 @@ def test_refusing_a_different_run_writes_nothing(finished, tmp_path):
     assert snapshot(finished) == before  # .hydra/ and train.log included: byte for byte
 
 
+@pytest.mark.parametrize("changed", ["monitor=val_loss", "ema.every=3", "eval_every=2"])
+def test_a_changed_identity_value_is_refused_naming_it_and_writes_nothing(
+    finished, tmp_path, changed
+):
+    """What a run trains or selects under (the schema's `identity` fact): training it further
+    under another value would resume a checkpoint selected under the old one."""
+    before = snapshot(finished)
+    args = [changed, "epochs=2", "limit_train_batches=3", *QUICK, f"hydra.run.dir={finished}"]
+    done = run_train(args, cwd=tmp_path, check=False)
+    one_line_error(done, f"already holds a different run ({changed.split('=')[0]}: ")
+    assert snapshot(finished) == before
+
+
+def test_a_changed_machine_setting_resumes(finished, tmp_path):
+    """runtime.* and device may differ on resume: a requeued job may land on another node."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    args = ["runtime.threads=1", "epochs=2", "limit_train_batches=3", *QUICK]
+    done = run_train([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert "resuming" in done.stdout + done.stderr
+    assert json.loads((run_dir / "status.json").read_text())["last_epoch"] == 2
+
+
 def test_a_second_process_is_refused_at_once_with_the_owners_pid(tmp_path):
     run_dir = tmp_path / "run"
     args = ["epochs=20", "limit_train_batches=100", *QUICK, f"hydra.run.dir={run_dir}"]
