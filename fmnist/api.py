@@ -71,6 +71,8 @@ def compose(overrides: Sequence[str] | None = None, config_dir: str | Path | Non
     import fmnist.resolvers  # noqa: F401  (the resolvers conf/ uses)
 
     given = [str(o) for o in overrides or []]
+    if not any(o.startswith("hydra.run.dir=") for o in given):  # calls within one second apart
+        given.append("hydra.run.dir=outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}_${fmnist.pid:}")
     if config_dir is not None:
         given.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
     try:
@@ -127,13 +129,14 @@ def sweep(
         sweep_dir = Path(given[-1])
     else:
         now = datetime.now()
-        sweep_dir = Path("outputs/sweeps", f"{now:%Y-%m-%d}", f"{now:%H-%M-%S}_{os.getpid()}")
+        sweep_dir = Path("outputs/sweeps", f"{now:%Y-%m-%d}", f"{now:%H-%M-%S-%f}_{os.getpid()}")
         args.append(f"hydra.sweep.dir={sweep_dir}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "fmnist.main", *args]
-    child = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
+    child = subprocess.Popen(  # its own session: a terminal's or Jupyter's stop reaches it once
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
     lines: list[str] = []
     try:
         for line in child.stdout:
@@ -285,13 +288,11 @@ def _console() -> Iterator[None]:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         package.addHandler(handler)
-        package.setLevel(logging.INFO)
     try:
         yield
     finally:
         if handler is not None:
             package.removeHandler(handler)
-            package.setLevel(logging.NOTSET)
 
 
 def _one_line(exc: BaseException) -> str:

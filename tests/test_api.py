@@ -49,6 +49,11 @@ def fmnist_images(n: int):  # noqa: ANN201
     return load_tensors(DATA)["test_images"][:n]
 
 
+def test_configs_composed_within_one_second_get_directories_of_their_own():
+    dirs = {fmnist.compose([f"lr={lr}"]).output_dir for lr in (0.1, 0.2, 0.3)}
+    assert len(dirs) == 3 and all("/outputs/runs/" in d for d in dirs)
+
+
 def test_errors_are_the_command_lines_one_line_errors(tmp_path):
     with pytest.raises(fmnist.FmnistError, match=r"^lr=0.0 is invalid: must be a number > 0"):
         fmnist.train(["lr=0", f"hydra.run.dir={tmp_path / 'bad'}"])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +34,29 @@ STATUS = {
 }
 
 
-def client_for(tracking_uri: str, timeout_s: float) -> Any:
-    """An MlflowClient whose requests give up quickly (MLflow reads these per request)."""
+def client_class() -> Any:
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise ConfigError(
             "callbacks.mlflow needs MLflow: pip install 'fmnist[trackers]' (mlflow-skinny)"
         ) from None
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    return MlflowClient(tracking_uri)
+    return MlflowClient
+
+
+@contextmanager
+def quick_requests(timeout_s: float) -> Iterator[None]:
+    """MLflow's requests meanwhile give up after `timeout_s`, without retries (MLflow reads
+    these per request); the process's own settings come back after."""
+    keys = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(max(1, timeout_s))),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 def metric_rows(row: dict[str, Any]) -> dict[str, float]:
@@ -80,7 +94,8 @@ class MLflowCallback(Callback):
         if self.down:
             return None
         try:
-            return fn(*args, **kwargs)
+            with quick_requests(self.timeout_s):
+                return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001  (any failure of the server: never the run's)
             self.down = True
             if self.warned:  # one line per run, however long the server stays away
@@ -97,7 +112,10 @@ class MLflowCallback(Callback):
             return None
 
     def on_run_start(self, state: RunState) -> None:
-        self.client = client_for(str(self.tracking_uri), self.timeout_s)
+        make = client_class()  # a missing package is the one error that stops the run
+        self.client = self._call(state, "the tracking store", make, str(self.tracking_uri))
+        if self.client is None:
+            return
         record = read_object(state.run_dir / RECORD)
         if state.resumed and record.get("tracking_uri") == self.tracking_uri:
             self.run_id = record.get("run_id")
@@ -134,23 +152,35 @@ class MLflowCallback(Callback):
             self._params(state)
         else:
             self._call(state, "the run's status", client.update_run, self.run_id, "RUNNING")
-            history = self._call(state, "what the server has", client.get_metric_history,
-                                 self.run_id, "loss")  # fmt: skip
-            self.sent = max((m.step for m in history or []), default=0)
+            self._ask_what_was_sent(state)
         self._send(state)
+
+    def _ask_what_was_sent(self, state: RunState) -> None:
+        history = self._call(state, "what the server has", self.client.get_metric_history,
+                             self.run_id, "loss")  # fmt: skip
+        if history is not None:
+            self.sent = max((m.step for m in history), default=0)
 
     def _experiment_id(self, state: RunState) -> str:
         name = self.experiment or (
             self.sweep_dir.name if self.sweep_dir else state.run_dir.absolute().parent.name
         )
         found = self.client.get_experiment_by_name(name)
-        return found.experiment_id if found else self.client.create_experiment(name)
+        if found:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # noqa: BLE001  (another job of the sweep made it meanwhile)
+            return self.client.get_experiment_by_name(name).experiment_id
 
     def _parent(self, state: RunState, experiment: str) -> str | None:
         """The sweep's parent run, made once by whichever job comes first (a lock in the sweep
         directory: the jobs may run on several nodes sharing it)."""
         path, lock = self.sweep_dir / PARENT, FileLock(self.sweep_dir / ".mlflow.lock")
-        lock.acquire(wait_s=60)  # held for one request at most
+        try:
+            lock.acquire(wait_s=2 * self.timeout_s)  # held for a request or two at most
+        except OSError:  # another job holds it too long: this job logs without a parent
+            return None
         try:
             known = read_object(path)
             if known.get("tracking_uri") == self.tracking_uri and known.get("run_id"):
@@ -201,9 +231,15 @@ class MLflowCallback(Callback):
     def _close(self, state: RunState, status: str) -> None:
         if self.down:  # one more try at the end: the server may be back
             self.down = False
+            if self.client is None:
+                self.client = self._call(state, "the tracking store", client_class(),
+                                         str(self.tracking_uri))  # fmt: skip
+            if self.client is None:
+                return
             if self.run_id is None:
                 self._open(state)
             else:
+                self._ask_what_was_sent(state)  # what it had before it went away
                 self._send(state)
         if self.run_id is None or self.down:
             return
@@ -224,5 +260,5 @@ class MLflowCallback(Callback):
         self._close(state, STATUS.get(state.end_status, "FINISHED"))
 
     def on_exception(self, state: RunState, exc: BaseException) -> None:
-        if self.client is not None:
+        if self.client is not None or self.down:
             self._close(state, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -65,7 +65,7 @@ class WandbCallback(Callback):
             tags=self.tags,
             config=state.hparams,
             mode=self.mode,
-            reinit="finish_previous",  # one run per job, also when jobs share a process
+            reinit="create_new",  # side by side: a fused group's members, a notebook's own run
             settings=wandb.Settings(console="off"),
         )
         write_json(state.run_dir / RECORD, {"run_id": run_id, "logged": self.logged})

@@ -32,6 +32,7 @@ class RunDirectory:
         # not registered with logging.getLogger: it lives as long as this object
         self.log = logging.Logger(f"fmnist.run.{self.path.name}")
         self.log.parent = logging.getLogger("fmnist")
+        self.log.setLevel(logging.INFO)  # its train.log has every line, however logging is set up
 
     def claim(self) -> RunDirectory:
         """Take the directory; a second process is refused at once with the owner's pid."""

@@ -62,8 +62,9 @@ def plan_slots(
 def _enter_slot(slot: Slot) -> None:
     """In a slot's worker, before anything else: its GPU and its cores, and Ctrl-C left to the
     sweep's parent (it stops the running jobs; an idle worker must not die of it)."""
-    if slot.device.startswith("cuda"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = slot.device.split(":")[1]
+    if slot.device.startswith("cuda"):  # the n-th GPU this sweep may see, as given to it
+        n, visible = int(slot.device.split(":")[1]), os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[n] if visible else str(n)
     os.environ["OMP_NUM_THREADS"] = str(len(slot.cpus))
     try:
         import psutil
