@@ -90,6 +90,7 @@ def test_the_readme_sweep_is_four_children_of_one_parent_with_results_csvs_value
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
+    assert parents[0].info.status == "FINISHED"  # ended with the sweep
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     for run in children:
         run_dir = Path(run.data.tags["run_dir"])

@@ -262,3 +262,17 @@ class MLflowCallback(Callback):
     def on_exception(self, state: RunState, exc: BaseException) -> None:
         if self.client is not None or self.down:
             self._close(state, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+
+
+def end_sweep(sweep_dir: Path, failed: bool) -> None:
+    """The sweep's parent run ends with the sweep: FINISHED, or FAILED when a job failed."""
+    record = read_object(sweep_dir / PARENT)
+    if not record.get("run_id"):
+        return
+    try:
+        with quick_requests(5):
+            client_class()(record["tracking_uri"]).set_terminated(
+                record["run_id"], "FAILED" if failed else "FINISHED"
+            )
+    except Exception as exc:  # noqa: BLE001  (the server's trouble is never the sweep's)
+        print(f"warning: mlflow: the sweep's parent run not ended ({exc})".splitlines()[0])

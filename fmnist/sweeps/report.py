@@ -167,6 +167,10 @@ class SweepReport(Callback):
         tensorboard_experiment(self.sweep_dir)
         ended = summary.table["status"].isin(["completed", "pruned"])  # pruned: by a search
         failed = summary.table[~ended]
+        if (self.sweep_dir / "mlflow_parent.json").is_file():
+            from fmnist.callbacks.mlflow import end_sweep
+
+            end_sweep(self.sweep_dir, failed=bool(len(failed)))
         pruned = summary.table[summary.table["status"] == "pruned"]
         if len(pruned):
             print(f"\n{len(pruned)} trial(s) pruned by the search (kept, never selected):")
