@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.sweeps.pool import plan_slots
+from fmnist.sweeps.pool import PoolSettingError, check_settings, plan_slots
 from tests.conftest import run_train
 from tests.test_resume import start
 
@@ -34,6 +34,15 @@ def test_slots_share_out_gpus_and_cores():
     slots, _ = plan_slots(0, list(range(32)), None, 1, None)
     assert len(slots) == 8 and all(len(s.cpus) == 4 for s in slots)
     assert len(plan_slots(0, [0, 1, 2, 3], 3, 1, 2)[0]) == 2  # never more slots than cores allow
+
+
+@pytest.mark.parametrize(
+    "settings", [(0, 1, None), (None, 0, None), (None, 1, 0), (-2, 1, None), ("x", 1, None)]
+)
+def test_settings_that_cannot_work_are_one_line(settings):
+    with pytest.raises(PoolSettingError, match=r"hydra\.launcher\.\w+=\S+ is invalid"):
+        check_settings(*settings)
+    check_settings(None, 1, None)  # the defaults
 
 
 @pytest.mark.slow

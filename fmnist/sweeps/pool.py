@@ -21,6 +21,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.errors import CompactHydraException
 from omegaconf import open_dict
 
 from fmnist.config import cpu_cores
@@ -57,6 +58,22 @@ def plan_slots(
     out = [Slot(i, "cpu", tuple(cores[i * per : (i + 1) * per])) for i in range(max(1, n))]
     why = f"no CUDA GPU: {len(cores)} cores in {len(out)} slot(s) of {per} core(s)"
     return out, why
+
+
+class PoolSettingError(CompactHydraException):
+    """Pool settings that cannot work; one line, before any job starts."""
+
+
+def check_settings(slots: Any, jobs_per_device: Any, cores_per_slot: Any) -> None:
+    for key, value in (("slots", slots), ("cores_per_slot", cores_per_slot)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise PoolSettingError(
+                f"hydra.launcher.{key}={value} is invalid: null or an integer >= 1"
+            )
+    if not isinstance(jobs_per_device, int) or jobs_per_device < 1:
+        raise PoolSettingError(
+            f"hydra.launcher.jobs_per_device={jobs_per_device} is invalid: an integer >= 1"
+        )
 
 
 def _enter_slot(slot: Slot) -> None:
@@ -110,6 +127,7 @@ class Handle:
 class Pool:
     def __init__(self, launcher: Any):
         self.launcher = launcher
+        check_settings(launcher.slots, launcher.jobs_per_device, launcher.cores_per_slot)
         gpus = launcher.devices
         if gpus is None:
             import torch
