@@ -83,9 +83,10 @@ def plot(summary: Summary, path: Path) -> None:
             xs, ys = zip(*points, strict=True)
             curves.plot(xs, ys, marker="o", label=label(summary, run))
     curves.set_xlabel("epoch")
-    curves.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    # epochs are whole numbers, one epoch too (min_n_ticks=1: else 0.5, 0.6 ... 1.5)
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     last = max((p[0] for points in summary.epochs.values() for p in points or []), default=1)
-    curves.set_xlim(0.5, last + 0.5)  # one epoch too: whole epochs, not 0.95 to 1.05
+    curves.set_xlim(0.5, last + 0.5)
     curves.set_ylabel(metric.replace("_", " "))
     curves.set_title(f"{metric.replace('_', ' ')} per epoch")
     curves.grid(alpha=0.3)
