@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from fmnist.main import one_line
 from fmnist.paths import conf_dir
 
 
@@ -86,7 +87,7 @@ def compose(overrides: Sequence[str] | None = None, config_dir: str | Path | Non
         with read_write(task), open_dict(task):
             task.hydra = cfg.hydra
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise FmnistError(_one_line(exc)) from None
+        raise FmnistError(one_line(exc)) from None
     return task
 
 
@@ -106,7 +107,7 @@ def train(cfg_or_overrides: Any = None, config_dir: str | Path | None = None) ->
         try:
             train_run(task, overrides, hydra_cfg)
         except (*EXPECTED, OSError) as exc:
-            raise FmnistError(_one_line(exc)) from None
+            raise FmnistError(one_line(exc)) from None
     return Run(Path(task.output_dir))
 
 
@@ -176,7 +177,7 @@ def _summary(path: Path) -> Any:
     try:
         return summarize(path)
     except (OSError, ValueError) as exc:
-        raise FmnistError(_one_line(exc)) from None
+        raise FmnistError(one_line(exc)) from None
 
 
 @dataclass
@@ -293,9 +294,3 @@ def _console() -> Iterator[None]:
     finally:
         if handler is not None:
             package.removeHandler(handler)
-
-
-def _one_line(exc: BaseException) -> str:
-    from fmnist.main import one_line
-
-    return one_line(exc)
