@@ -6,6 +6,7 @@ checks that a type cannot express and turns them into one-line `ConfigError`s.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
@@ -116,6 +117,9 @@ class TrainConfig:
     batch_size: int = 100
     shuffle: bool = key(True, member=True)
     epochs: int = key(5, identity=False)  # a finished run may be trained further
+    # minutes of training: the run times itself and chooses epochs (and eval_every) to fit;
+    # it then wins over `epochs` (fmnist/engine/budget.py); None = train `epochs`
+    budget_min: float | None = None
     seed: int = key(0, member=True)
     device: str = key("auto", identity=False, named=False)
     label_smoothing: float = key(0.0, member=True)
@@ -171,6 +175,13 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.lr > 0, "lr", cfg.lr, "must be a number > 0, e.g. lr=0.01")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be an integer >= 1")
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "must be an integer >= 1")
+    budget = cfg.budget_min
+    _check(
+        budget is None or 0 < budget < math.inf,
+        "budget_min",
+        budget,
+        "minutes of training, a number > 0 (e.g. budget_min=10), or null to train `epochs`",
+    )
     for key in ("seed", "data.split_seed"):  # numpy's generators take 32-bit seeds only
         value = OmegaConf.select(cfg, key)
         _check(0 <= value < 2**32, key, value, "must be an integer from 0 to 4294967295")

@@ -107,6 +107,8 @@ def test_two_sweeps_in_the_same_second_do_not_share_a_directory(tmp_path):
         (["lr=0"], "lr=0.0 is invalid"),
         (["batch_size=0"], "batch_size=0 is invalid"),
         (["epochs=0"], "epochs=0 is invalid"),
+        (["budget_min=0"], "budget_min=0.0 is invalid"),
+        (["budget_min=0.001"], "budget_min=0.001 is too short here"),
         (["model=foo"], "seed_cnn"),
         (["optimizer=nope"], "adamw"),
         (["colour=red"], "colour"),

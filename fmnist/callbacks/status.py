@@ -44,6 +44,7 @@ class StatusCallback(Callback):
             ended=None,
             last_epoch=state.start_epoch,
             epochs=state.cfg.epochs,
+            budget=state.budget,
             error=None,
             hparams=state.hparams,
             identity=identity(state.cfg),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist.config import validate
+from fmnist.engine import budget as budgets
 from fmnist.engine.build import build_run, restore
 from fmnist.engine.fit import fit_one
 from fmnist.engine.signals import StopOnSignal, check_not_stopped
@@ -57,6 +59,9 @@ def prepare(
     """Plan the claimed directory and build the run (restored when it was cut short), or the
     result of a run that already completed. `provenance_extra`: more to record (a fused group)."""
     run_dir = directory.path
+    budget = budgets.recorded(run_dir) if cfg.budget_min is not None else None
+    if budget is not None:  # an earlier attempt chose: resume with its epochs, never time again
+        budgets.apply(cfg, budget)
     plan = plan_run(run_dir, identity(cfg), cfg.epochs)
     if plan.action == "complete":
         status = plan.status
@@ -76,7 +81,11 @@ def prepare(
     write_hydra_files(run_dir, cfg, hydra_cfg)
     if plan.stale:
         clear_outputs(run_dir)
+    if cfg.budget_min is not None and budget is None:
+        budget = budgets.size_to_budget(cfg, run_dir, run_log)  # sets epochs and eval_every
     run = build_run(cfg, run_dir, flat_hparams(cfg), run_log)
+    if budget is not None:
+        run.budget = provenance_extra["budget"] = asdict(budget)
     if plan.action == "resume":
         restore(run, plan.checkpoint)
     if cfg.runtime.get("slot"):  # a pool launcher's slot: which GPU, which cores

@@ -44,6 +44,7 @@ class RunState:
     bf16: bool = False
     bf16_reason: str = ""  # why bf16 is on or off (runtime.bf16=auto decides from the CPU)
     threads: int = 0  # torch intra-op threads this run uses
+    budget: dict[str, Any] | None = None  # budget_min's choice and timings (engine/budget.py)
     provenance: dict[str, Any] = field(default_factory=dict)  # provenance.json, once written
     epoch: int = 0  # 1-based number of the epoch in progress or just finished
     start_epoch: int = 0  # epochs already done before this process started (resume)

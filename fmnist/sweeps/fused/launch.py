@@ -120,6 +120,8 @@ def why_not_fused(task: DictConfig, size: int) -> str | None:
 
     if task.runtime.compile:
         return "runtime.compile is on"
+    if task.budget_min is not None:
+        return "budget_min: each run times itself and chooses its own epochs"
     try:
         members = [build_model(model_spec(task.model)) for _ in range(min(size, 2))]
     except ModelError as exc:

@@ -1,0 +1,74 @@
+"""`budget_min`: a run that times itself and chooses its epochs to fit the minutes given."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fmnist.config import ConfigError, validate
+from fmnist.engine.budget import choose
+from tests.conftest import compose_cfg, run_train
+from tests.test_resume import start, wait_for_epoch
+
+QUICK = ["limit_train_batches=100", "limit_test_batches=3", "scheduler=onecycle"]
+
+
+def test_choose_fills_the_time_and_widens_evaluation_to_its_share():
+    # 7 epochs of 1 s and 7 evaluations of 0.5 s fill 10.5 s exactly
+    assert choose(1.0, 0.5, 10.5, 1, max_eval_s=100) == (7, 1)
+    # evaluations may take 2 of 20 s: every 9th epoch (2 of them) leaves room for 18 epochs
+    assert choose(1.0, 1.0, 20.0, 1, max_eval_s=2) == (18, 9)
+    # "once, at the end": one evaluation whatever it costs
+    assert choose(1.0, 5.0, 20.0, None, max_eval_s=2) == (15, 15)
+    assert choose(10.0, 1.0, 5.0, 1, max_eval_s=1) is None  # not one epoch
+
+
+@pytest.mark.parametrize("value", [0, -1, math.inf, math.nan])
+def test_budget_min_out_of_range_is_refused_naming_the_key(value):
+    cfg = compose_cfg([f"budget_min={value}"])
+    with pytest.raises(ConfigError, match="budget_min=.* is invalid: minutes of training"):
+        validate(cfg)
+
+
+def read(run_dir: Path, name: str) -> dict | list:
+    return json.loads((run_dir / name).read_text())
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_finished(tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(["budget_min=0.25", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    status, rows = read(run_dir, "status.json"), read(run_dir, "results.json")
+    chosen = status["budget"]
+    assert status["status"] == "completed" and chosen["minutes"] == 0.25
+    epochs = chosen["epochs"]
+    assert epochs > 5  # 100 batches of the default model take well under a second here
+    assert status["epochs"] == epochs == read(run_dir, "provenance.json")["budget"]["epochs"]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+    assert {r["epochs"] for r in rows} == {epochs} and {r["budget_min"] for r in rows} == {0.25}
+    assert rows[-1]["lr_current"] < 1e-4 * rows[0]["lr_current"]  # one-cycle ended at its end
+    spent = chosen["timing_s"] + rows[-1]["run_duration"]
+    # aimed at 90 % of 15 s; a noisy machine may stray, so the margins are wide
+    assert 0.6 * 15 < spent < 1.25 * 15, (spent, chosen)
+    log = (run_dir / "train.log").read_text()
+    assert log.count("budget_min=0.25 (15 s): ") == 1
+    assert f"budget_min=null epochs={epochs} eval_every={chosen['eval_every']}" in log
+
+
+@pytest.mark.slow
+def test_kill9_then_the_same_command_resumes_with_the_epochs_chosen_first(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["budget_min=0.3", *QUICK, f"hydra.run.dir={run_dir}"]
+    proc = start(args, cwd=tmp_path)
+    wait_for_epoch(run_dir, 2, proc)
+    proc.kill()
+    proc.wait()
+    first = read(run_dir, "status.json")
+    assert first["status"] == "running" and first["last_epoch"] < first["budget"]["epochs"]
+    done = run_train(args, cwd=tmp_path)
+    assert f"resuming {run_dir}" in done.stdout + done.stderr
+    status, rows = read(run_dir, "status.json"), read(run_dir, "results.json")
+    assert status["status"] == "completed" and status["budget"] == first["budget"]
+    assert [r["epoch"] for r in rows] == list(range(1, first["budget"]["epochs"] + 1))
+    assert (run_dir / "train.log").read_text().count("budget_min=0.3 (18 s): ") == 1  # timed once
