@@ -112,8 +112,9 @@ def size_to_budget(cfg: DictConfig, run_dir: Path, log: logging.Logger) -> Budge
     # the run is built again after this: another build_s before its first step
     available = FILL * budget_s - timing_s - build_s
     once = cfg.eval_every >= cfg.epochs  # "evaluated once, at the end" (experiment=fast)
-    chosen = choose(epoch_s, eval_s, available, None if once else cfg.eval_every,
-                    EVAL_SHARE * budget_s)
+    chosen = choose(
+        epoch_s, eval_s, available, None if once else cfg.eval_every, EVAL_SHARE * budget_s
+    )
     if chosen is None:
         need = (timing_s + build_s + epoch_s + eval_s) / FILL / 60
         raise ConfigError(
