@@ -48,6 +48,7 @@ compare: $(STAMP)  ## make compare SWEEP=outputs/sweeps/<date>/<time>
 bench: install  ## speed benchmark against the article's loop (writes bench.json)
 	$(BIN)/python scripts/bench.py $(ARGS)
 	$(BIN)/python scripts/bench_fused.py
+	$(BIN)/python scripts/bench_pool.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -31,6 +31,13 @@ def test_budget_min_out_of_range_is_refused_naming_the_key(value):
         validate(cfg)
 
 
+def test_the_fused_launcher_runs_budgeted_jobs_alone():
+    from fmnist.sweeps.fused.launch import why_not_fused
+
+    assert "budget_min" in why_not_fused(compose_cfg(["budget_min=1"]), 2)
+    assert why_not_fused(compose_cfg([]), 2) is None  # the same jobs without a budget fuse
+
+
 def read(run_dir: Path, name: str) -> dict | list:
     return json.loads((run_dir / name).read_text())
 

@@ -14,7 +14,7 @@ import pytest
 
 from fmnist.sweeps.pool import PoolSettingError, check_settings, plan_slots
 from tests.conftest import run_train
-from tests.test_resume import start
+from tests.test_resume import metrics, start
 
 TINY = ["epochs=1", "limit_train_batches=3", "limit_test_batches=1", "callbacks.progress.bar=false"]
 POOL = ["-m", "hydra/launcher=pool", "hydra.launcher.slots=2", "hydra.launcher.cores_per_slot=1"]
@@ -108,3 +108,59 @@ def test_a_search_over_the_pool_starts_a_trial_while_a_long_one_still_runs(tmp_p
     long_end = max(when(t["ended"]) for t in first_two)
     # in batches, trial 2 would wait for both; here it starts as soon as the short one ends
     assert when(trials["trial_002"]["started"]) < long_end, trials
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_pools_parent_stops_every_started_job_and_a_rerun_completes(
+    tmp_path, data_root
+):
+    sweep = tmp_path / "sweep"
+    job = ["epochs=3", "limit_train_batches=300", "limit_test_batches=1"]
+    args = [*POOL, "seed=0,1,2", *job, "callbacks.progress.bar=false", f"hydra.sweep.dir={sweep}"]
+    proc = start(args, cwd=tmp_path)
+    started = [sweep / f"epochs=3,seed={s}" / "status.json" for s in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(p.is_file() and read(p).get("last_epoch", 0) >= 1 for p in started):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:]
+    for path in started:  # both slots' jobs saved at a batch and said so
+        assert read(path)["status"] == "interrupted" and read(path)["last_epoch"] < 3
+    assert not (sweep / "epochs=3,seed=2" / "results.json").exists()  # never started
+    run_train(args, cwd=tmp_path)
+    for seed in (0, 1, 2):
+        assert read(sweep / f"epochs=3,seed={seed}" / "status.json")["status"] == "completed"
+    # the resumed job trains as one that was never stopped (one thread, as in its slot)
+    reference = tmp_path / "reference"
+    run_train(["seed=0", *job, "runtime.threads=1", f"hydra.run.dir={reference}"], cwd=tmp_path)
+    assert metrics(sweep / "epochs=3,seed=0") == metrics(reference)
+
+
+@pytest.mark.slow
+def test_kill9_of_a_search_over_the_pool_then_the_same_command_ends_with_n_trials(
+    tmp_path, data_root
+):
+    sweep = tmp_path / "search"
+    args = [
+        *["hparams_search=optuna", "hydra/launcher=pool", "hydra.launcher.slots=2"],
+        *["hydra.launcher.cores_per_slot=1", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=5"],
+        *["hydra.sweeper.pruner=none", "epochs=3", "limit_train_batches=60"],
+        *["limit_test_batches=2", "data.val_size=1000", "callbacks=[results,checkpoint]"],
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = start(args, cwd=tmp_path)
+    cut = sweep / "trial_002"
+    deadline = time.monotonic() + 240
+    while not (cut / "checkpoints" / "last.pt").exists():  # trial 2 is one epoch in
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()  # the parent only, as `kill -9 <pid>`: no handler runs, its workers are orphans
+    proc.communicate(timeout=30)
+    done = run_train(args, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert f"resuming {cut} after epoch" in out  # from its checkpoint, not from scratch
+    trials = {p.parent.name: read(p) for p in sorted(sweep.glob("trial_*/status.json"))}
+    assert len(trials) == 5 and {t["status"] for t in trials.values()} == {"completed"}, trials
+    assert [r["epoch"] for r in json.loads((cut / "results.json").read_text())] == [1, 2, 3]

@@ -81,12 +81,13 @@ def test_time_to_accuracy_presets_say_what_they_claim():
     assert fast.tta_translate == 0 and fast.data.augment.crop_padding == 0
     assert fast.runtime.bf16 == "auto"  # "only where the CPU has it natively"
     assert (best.model.width1, best.model.width2, best.model.width3) == (32, 64, 128)
-    assert best.epochs == 36 and best.eval_every == 6 and best.epochs % best.eval_every == 0
+    assert best.budget_min == 30 and best.eval_every == 6  # "30 minutes of training"
     assert best.tta_translate == 1 and best.data.augment.crop_padding == 2
-    assert best.runtime.bf16 is False  # "fp32"
+    assert best.runtime.bf16 == "auto"
     gpu = compose_cfg(["experiment=best_gpu"])  # best, with airbench94's widths and batch
     assert (gpu.model.width1, gpu.model.width2, gpu.model.width3) == (64, 256, 256)
     assert (gpu.lr, gpu.batch_size, gpu.epochs, gpu.eval_every) == (1.5, 1024, 40, 5)
+    assert gpu.budget_min is None  # "40 epochs as airbench sizes them"
     assert gpu.tta_translate == 1 and gpu.data.augment.crop_padding == 2
     assert gpu.choices.scheduler == "triangle" and gpu.runtime.bf16 == "auto"
 

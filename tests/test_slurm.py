@@ -98,6 +98,8 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_finishes_on_its_own(slur
     sweep = tmp_path / "sweep"
     run = ["lr=0.01", "epochs=3", "limit_train_batches=600"]
     limits = ["hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=30"]
+    # no time-limit requeue allowed for a slice without progress: this one finished an epoch
+    limits += ["hydra.launcher.max_num_timeout=0"]
     args = ["-m", *slurm, *limits, *run, *QUICK, f"hydra.sweep.dir={sweep}"]
     proc = start(args, cwd=tmp_path)
     run_dir = sweep / "epochs=3,lr=0.01"
@@ -112,6 +114,25 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_finishes_on_its_own(slur
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "completed" and status["last_epoch"] == 3
     assert metrics(run_dir) == reference(run, tmp_path, "reference")
+
+
+def test_a_slice_that_finished_no_epoch_counts_against_max_num_timeout(slurm, tmp_path):
+    """The other side of the requeue above: warned before it finished an epoch, with no
+    requeue left for such slices, the job ends `interrupted` in one line (a rerun continues it)."""
+    sweep = tmp_path / "sweep"
+    limits = ["hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=30"]
+    limits += ["hydra.launcher.max_num_timeout=0"]
+    run = ["lr=0.01", "epochs=1", "batch_size=4"]  # one epoch of 13,750 steps: the warning is early
+    proc = start(["-m", *slurm, *limits, *run, *QUICK, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    run_dir = sweep / "batch_size=4,epochs=1,lr=0.01"
+    wait_for_epoch(run_dir, 0, proc, timeout=300)  # status.json written: the run is training
+    (job,) = jobs_of(sweep).values()
+    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=30)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert "timed-out too many times" in Path(job["log"]).read_text()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["last_epoch"] == 0
 
 
 def test_submitting_without_waiting_returns_at_once_and_compare_reports_later(slurm, tmp_path):

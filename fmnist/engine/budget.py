@@ -111,7 +111,8 @@ def size_to_budget(cfg: DictConfig, run_dir: Path, log: logging.Logger) -> Budge
     del probe
     # the run is built again after this: another build_s before its first step
     available = FILL * budget_s - timing_s - build_s
-    once = cfg.eval_every >= cfg.epochs  # "evaluated once, at the end" (experiment=fast)
+    # `eval_every: ${epochs}` (experiment=fast): evaluated once, at the end, whatever the epochs
+    once = cfg.eval_every == cfg.epochs > 1
     chosen = choose(
         epoch_s, eval_s, available, None if once else cfg.eval_every, EVAL_SHARE * budget_s
     )

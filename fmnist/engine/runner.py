@@ -39,7 +39,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, hydra_cfg: Any = 
         run = prepare(cfg, directory, overrides or [], hydra_cfg)
         if not isinstance(run, RunState):
             return run  # completed before: nothing to do
-        return fit_one(run, stop)
+        try:
+            return fit_one(run, stop)
+        finally:
+            stop.progressed = run.progressed
 
 
 def check_config(cfg: DictConfig) -> None:

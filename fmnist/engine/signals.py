@@ -51,6 +51,9 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        # set by whoever trains under it: whether this process finished an epoch (a Slurm time
+        # limit's requeue then does not count against max_num_timeout)
+        self.progressed = False
         self._at = 0.0
         self._echoed = False
         self._previous: dict[int, Any] = {}
@@ -82,8 +85,21 @@ class StopOnSignal:
         if self.signum is not None:
             requeue = self._previous.get(REQUEUE) if self.signum == REQUEUE else None
             if callable(requeue):  # saved: now submitit requeues the job and ends this process
+                if self.progressed:
+                    forgive_time_limit(requeue)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Slurm's kill of the old attempt
                 requeue(self.signum, None)
             return  # stopped: this process is on its way out, and another signal still quits now
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def forgive_time_limit(requeue: Any) -> None:
+    """submitit requeues a job that reached its time limit at most `max_num_timeout` times; a
+    slice that finished an epoch made progress, so its requeue is not counted: the cap stops only
+    jobs whose slices make none (a 12-epoch job in 1-epoch slices finishes by itself). Reaches
+    into submitit's signal handler (`_delayed._timeout_countdown`); without it, counts as before."""
+    handler = getattr(requeue, "__self__", None)
+    delayed = getattr(handler, "_delayed", None)
+    if isinstance(getattr(delayed, "_timeout_countdown", None), int) and handler.has_timed_out():
+        delayed._timeout_countdown += 1  # submitit takes 1 off for this time limit

@@ -69,6 +69,11 @@ class RunState:
         return self.start_epoch > 0
 
     @property
+    def progressed(self) -> bool:
+        """Whether this process finished an epoch of the run."""
+        return bool(self.history) and self.history[-1]["epoch"] > self.start_epoch
+
+    @property
     def eval_model(self) -> torch.nn.Module:
         """The weights that are evaluated, selected and exported: the EMA when it is on."""
         return self.ema.module if self.ema is not None else self.model

@@ -60,8 +60,11 @@ def train_group(members: list[Member]) -> None:
                     m.run = run
                     ready.append(run)
             stop.check()
-            for start in sorted({r.start_epoch for r in ready}):  # resumed at one epoch
-                fit([r for r in ready if r.start_epoch == start], stop)
+            try:
+                for start in sorted({r.start_epoch for r in ready}):  # resumed at one epoch
+                    fit([r for r in ready if r.start_epoch == start], stop)
+            finally:
+                stop.progressed = any(r.progressed for r in ready)
     finally:
         for directory in directories:
             directory.release()
