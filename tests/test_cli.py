@@ -109,6 +109,7 @@ def test_two_sweeps_in_the_same_second_do_not_share_a_directory(tmp_path):
         (["epochs=0"], "epochs=0 is invalid"),
         (["budget_min=0"], "budget_min=0.0 is invalid"),
         (["budget_min=0.001"], "budget_min=0.001 is too short here"),
+        (["budget_min=1", "epochs=2"], "budget_min=1.0 and epochs=2 are both given"),
         (["model=foo"], "seed_cnn"),
         (["optimizer=nope"], "adamw"),
         (["colour=red"], "colour"),

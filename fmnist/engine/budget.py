@@ -3,16 +3,18 @@
 A throwaway copy of the run (same data, model, optimizer and precision, no callbacks) times
 training steps after a warm-up and a few evaluation batches; from them the run chooses its
 epochs, and a wider `eval_every` where evaluations would take over a tenth of the budget. The
-run is then built exactly as `budget_min=null epochs=E eval_every=K` builds it (its schedule ends
+run is then built exactly as `epochs=E eval_every=K` without a budget builds it (its schedule ends
 at its last epoch, not cut off), and the choice is recorded in status.json, provenance.json and
 the results: a resume continues with it instead of timing again.
 
-The budget covers the timing and the training with its evaluations (the run's `run_duration`);
-process start-up and the end-of-run figures come on top.
+The budget covers the timing and the training with its evaluations (`timing_s` + the run's
+`run_duration`); process start-up and the end-of-run figures come on top.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import itertools
 import logging
 import math
@@ -28,15 +30,18 @@ from omegaconf import DictConfig, open_dict, read_write
 from fmnist.config import ConfigError
 from fmnist.engine.build import build_run
 from fmnist.engine.fit import make_step
+from fmnist.engine.signals import StopOnSignal
 from fmnist.engine.state import RunState
-from fmnist.run.status import read_status
+from fmnist.run.directory import RunDirError
+from fmnist.run.status import STATUS, read_status
 
 FILL = 0.9  # the expected time aims at this share of the budget: noise must not push it over
 EVAL_SHARE = 0.1  # evaluations take at most this share (eval_every is widened otherwise)
 TIMING_SHARE = 0.04  # timed steps take at most this share of the budget...
 TIMING_MAX_S = 10.0  # ...and at most this long
 WARM_UP_STEPS = 3  # untimed first steps (allocations, kernel choices, a CUDA graph's capture)
-EPOCH_OVERHEAD_S = 0.05  # per epoch: results, checkpoint, TensorBoard (measured: 20-60 ms)
+EPOCH_OVERHEAD_S = 0.05  # per epoch: results, checkpoint, TensorBoard (measured: 20-60 ms)...
+ROW_S = 4e-5  # ...and per row so far: results files and last.pt hold every row (1,000: 46 ms)
 
 
 @dataclass(frozen=True)
@@ -53,19 +58,48 @@ class Budget:
     expected_s: float  # timing + epochs + evaluations
 
     def overrides(self) -> str:
-        return f"budget_min=null epochs={self.epochs} eval_every={self.eval_every}"
+        """The same run without a budget (an `epochs` on the command line turns it off)."""
+        return f"epochs={self.epochs} eval_every={self.eval_every}"
+
+
+def given(overrides: list[str], key: str) -> bool:
+    """Whether the command line (the job's overrides) sets `key`."""
+    return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in overrides)
+
+
+def settle(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
+    """`budget_min` and `epochs` together: the command line's wins over the config's (a preset's),
+    in one line (`experiment=best epochs=1` trains one epoch); both on the command line are
+    refused. Otherwise a budget chooses the epochs."""
+    if cfg.budget_min is None or not given(overrides, "epochs"):
+        return
+    if given(overrides, "budget_min"):
+        raise ConfigError(
+            f"budget_min={cfg.budget_min} and epochs={cfg.epochs} are both given: a budget "
+            "chooses the epochs; give one of them"
+        )
+    log.info("epochs=%d given: the config's budget_min=%g is not used", cfg.epochs, cfg.budget_min)
+    with read_write(cfg), open_dict(cfg):
+        cfg.budget_min = None
 
 
 def recorded(run_dir: Path) -> Budget | None:
-    """The choice an earlier attempt of this run made (its status.json), if any."""
-    status = read_status(run_dir) or {}
-    found = status.get("budget")
-    if not isinstance(found, dict):
+    """The choice an earlier attempt of this run made (its status.json), if any; a record this
+    package did not write is refused in one line (a run directory is untrusted input)."""
+    found = (read_status(run_dir) or {}).get("budget")
+    if found is None:
         return None
     try:
-        return Budget(**found)
+        budget = Budget(**found)
+        valid = all(isinstance(v, int) and v >= 1 for v in (budget.epochs, budget.eval_every))
     except TypeError:
-        return None  # not a shape this package wrote: time again
+        valid = False
+    if not valid:
+        raise RunDirError(
+            f"{run_dir / STATUS} holds a budget record this package did not write; "
+            "move it away or choose another directory"
+        )
+    return budget
 
 
 def apply(cfg: DictConfig, budget: Budget) -> None:
@@ -75,15 +109,26 @@ def apply(cfg: DictConfig, budget: Budget) -> None:
 
 
 def choose(
-    epoch_s: float, eval_s: float, available_s: float, eval_every: int | None, max_eval_s: float
+    epoch_s: float,
+    eval_s: float,
+    available_s: float,
+    eval_every: int | None,
+    max_eval_s: float,
+    row_s: float = 0.0,
 ) -> tuple[int, int] | None:
     """The most epochs E (and the smallest eval_every K from the configured one up) such that E
-    epochs and their ceil(E/K) evaluations take at most `available_s`, evaluations at most
-    `max_eval_s`. `eval_every` None: once, at the end. None when not even one epoch fits."""
+    epochs, their ceil(E/K) evaluations and their bookkeeping take at most `available_s`,
+    evaluations at most `max_eval_s` (unless one alone does). `row_s`: what each earlier epoch
+    adds to an epoch's bookkeeping (results files and last.pt hold every row so far).
+    `eval_every` None: once, at the end. None when not even one epoch fits."""
+
+    def cost(e: int, k: int | None) -> float:
+        return e * epoch_s + row_s * e * e / 2 + math.ceil(e / (k or e)) * eval_s
+
     k = eval_every
     for _ in range(10):  # widening K frees time for epochs, which may need a wider K: settles fast
         e = math.floor(available_s / epoch_s)
-        while e >= 1 and e * epoch_s + math.ceil(e / (k or e)) * eval_s > available_s:
+        while e >= 1 and cost(e, k) > available_s:
             e -= 1
         if e < 1:
             return None
@@ -96,35 +141,42 @@ def choose(
     return e, k_e
 
 
-def size_to_budget(cfg: DictConfig, run_dir: Path, log: logging.Logger) -> Budget:
+def size_to_budget(
+    cfg: DictConfig, run_dir: Path, log: logging.Logger, stop: StopOnSignal | None = None
+) -> Budget:
     """Time a throwaway copy of the run and set `cfg.epochs` and `cfg.eval_every` to fit
-    `cfg.budget_min`; one line in the run's log says what was chosen and why."""
+    `cfg.budget_min`; one line in the run's log says what was chosen and why. `stop`: a signal
+    meanwhile stops the timing at its next step."""
+    stop = stop or StopOnSignal()
     budget_s = cfg.budget_min * 60
     start = time.perf_counter()
     probe = throwaway(cfg, run_dir)
     build_s = time.perf_counter() - start
-    step_s = time_steps(probe, min(TIMING_MAX_S, TIMING_SHARE * budget_s))
+    warm_s, step_s = time_steps(probe, min(TIMING_MAX_S, TIMING_SHARE * budget_s), stop)
     eval_s = time_evaluation(probe)
     steps = probe.batches_per_epoch
     epoch_s = step_s * steps + EPOCH_OVERHEAD_S
-    timing_s = time.perf_counter() - start
+    release(probe)
     del probe
-    # the run is built again after this: another build_s before its first step
-    available = FILL * budget_s - timing_s - build_s
+    timing_s = time.perf_counter() - start
+    # before its first step the run is built again and warms up again (compiles, captures)
+    setup_s = timing_s + build_s + max(0.0, warm_s - WARM_UP_STEPS * step_s)
+    available = FILL * budget_s - setup_s
     # `eval_every: ${epochs}` (experiment=fast): evaluated once, at the end, whatever the epochs
     once = cfg.eval_every == cfg.epochs > 1
-    chosen = choose(
-        epoch_s, eval_s, available, None if once else cfg.eval_every, EVAL_SHARE * budget_s
-    )
+    every = None if once else cfg.eval_every
+    chosen = choose(epoch_s, eval_s, available, every, EVAL_SHARE * budget_s, ROW_S)
     if chosen is None:
-        need = (timing_s + build_s + epoch_s + eval_s) / FILL / 60
+        # timing grows with the budget (TIMING_SHARE of it): the shortest budget that fits
+        need = (setup_s + epoch_s + eval_s) / (FILL - TIMING_SHARE)
         raise ConfigError(
             f"budget_min={cfg.budget_min} is too short here: timing took {timing_s:.1f} s, one "
             f"epoch takes {epoch_s:.1f} s and an evaluation {eval_s:.1f} s; "
-            f"give at least budget_min={math.ceil(need * 100) / 100}"
+            f"give at least budget_min={math.ceil(need / 60 * 100) / 100}"
         )
     epochs, eval_every = chosen
     evals = math.ceil(epochs / eval_every)
+    expected = setup_s + epochs * epoch_s + ROW_S * epochs**2 / 2 + evals * eval_s
     budget = Budget(
         minutes=float(cfg.budget_min),
         epochs=epochs,
@@ -133,7 +185,7 @@ def size_to_budget(cfg: DictConfig, run_dir: Path, log: logging.Logger) -> Budge
         epoch_s=round(epoch_s, 3),
         eval_s=round(eval_s, 3),
         timing_s=round(timing_s, 2),
-        expected_s=round(timing_s + build_s + epochs * epoch_s + evals * eval_s, 1),
+        expected_s=round(expected, 1),
     )
     ignored = f"; the config's epochs={cfg.epochs} is not used" if cfg.epochs != epochs else ""
     log.info(
@@ -148,15 +200,24 @@ def size_to_budget(cfg: DictConfig, run_dir: Path, log: logging.Logger) -> Budge
 
 
 def throwaway(cfg: DictConfig, run_dir: Path) -> RunState:
-    """The run as it will be built, without callbacks (nothing is written) and without its log
-    line (the real build says it)."""
+    """The run as it will be built (same step: eager or CUDA graph, as its scheduler decides),
+    without callbacks (nothing is written) and without its log line (the real build says it).
+    Its schedule spans far more steps than are timed (it is never stepped to its end)."""
     quiet = logging.getLogger("fmnist.budget.timing")
     quiet.setLevel(logging.WARNING)
-    probe_cfg = cfg.copy()
+    probe_cfg = copy.deepcopy(cfg)
     with read_write(probe_cfg), open_dict(probe_cfg):
         probe_cfg.callbacks = {}
-        probe_cfg.scheduler = None  # one lr is enough to time a step
+        probe_cfg.epochs = 10_000
     return build_run(probe_cfg, run_dir, {"model": "timing"}, quiet)
+
+
+def release(run: RunState) -> None:
+    """Free the throwaway run's memory now (its compute step holds a reference cycle)."""
+    run.model = run.optimizer = run.scheduler = run.ema = run.data = None  # type: ignore[assignment]
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def training_batches(run: RunState) -> Iterator[Any]:
@@ -171,28 +232,39 @@ def training_batches(run: RunState) -> Iterator[Any]:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
-def time_steps(run: RunState, limit_s: float) -> float:
-    """Seconds per training step (drawing the batch included), after a warm-up."""
+def time_steps(run: RunState, limit_s: float, stop: StopOnSignal) -> tuple[float, float]:
+    """Seconds of the warm-up steps, and per training step after them (drawing the batch, the
+    schedule and the NaN check included, as `fit` does them)."""
     step, batches = make_step([run]), training_batches(run)
     run.model.train()
+    nan_every = run.cfg.runtime.nan_check_interval or (1 if run.device.type == "cpu" else 50)
 
     def one() -> None:
         step.train([next(batches)])
+        if run.scheduler is not None:
+            run.scheduler.step()
         if run.ema is not None and run.step % run.cfg.ema.every == 0:
             run.ema.update_parameters(run.model)
         run.step += 1
+        if run.step % nan_every == 0:
+            step.finite()
+        stop.check()
 
+    start = time.perf_counter()
     for _ in range(WARM_UP_STEPS):
         one()
     sync(run.device)
+    warm_s = time.perf_counter() - start
     n, start = 0, time.perf_counter()
     while n < 3 or (time.perf_counter() - start < limit_s and n < run.batches_per_epoch):
         one()
         n += 1
     sync(run.device)
-    return (time.perf_counter() - start) / n
+    return warm_s, (time.perf_counter() - start) / n
 
 
 def time_evaluation(run: RunState) -> float:

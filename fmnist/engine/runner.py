@@ -32,11 +32,13 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, hydra_cfg: Any = 
     default the config's own `hydra` node (composed with `return_hydra_config=True`)."""
     if hydra_cfg is None and "hydra" in cfg:
         hydra_cfg = cfg.hydra
+    if overrides is None:  # the command line's, as Hydra recorded it
+        overrides = [str(o) for o in OmegaConf.select(hydra_cfg or {}, "overrides.task") or []]
     check_config(cfg)
     # from the claim on, a signal stops the run at its next batch; the claim comes before
     # anything is written: a second process is refused there
     with StopOnSignal() as stop, RunDirectory(Path(cfg.output_dir)) as directory:
-        run = prepare(cfg, directory, overrides or [], hydra_cfg)
+        run = prepare(cfg, directory, overrides, hydra_cfg, stop=stop)
         if not isinstance(run, RunState):
             return run  # completed before: nothing to do
         try:
@@ -57,11 +59,14 @@ def prepare(
     directory: RunDirectory,
     overrides: list[str],
     hydra_cfg: Any = None,
+    stop: StopOnSignal | None = None,
     **provenance_extra: Any,
 ) -> RunState | dict[str, Any]:
     """Plan the claimed directory and build the run (restored when it was cut short), or the
-    result of a run that already completed. `provenance_extra`: more to record (a fused group)."""
+    result of a run that already completed. `stop`: the caller's signal handler (it stops a
+    budget's timing too); `provenance_extra`: more to record (a fused group)."""
     run_dir = directory.path
+    budgets.settle(cfg, overrides, log)  # budget_min or epochs, when both are set
     budget = budgets.recorded(run_dir) if cfg.budget_min is not None else None
     if budget is not None:  # an earlier attempt chose: resume with its epochs, never time again
         budgets.apply(cfg, budget)
@@ -81,11 +86,11 @@ def prepare(
             "skipped": True,
         }
     run_log = directory.open_log()  # from here on this run writes into run_dir
-    write_hydra_files(run_dir, cfg, hydra_cfg)
     if plan.stale:
         clear_outputs(run_dir)
     if cfg.budget_min is not None and budget is None:
-        budget = budgets.size_to_budget(cfg, run_dir, run_log)  # sets epochs and eval_every
+        budget = budgets.size_to_budget(cfg, run_dir, run_log, stop)  # sets epochs, eval_every
+    write_hydra_files(run_dir, cfg, hydra_cfg)  # the config as it trains (a budget's epochs)
     run = build_run(cfg, run_dir, flat_hparams(cfg), run_log)
     if budget is not None:
         run.budget = provenance_extra["budget"] = asdict(budget)

@@ -5,7 +5,8 @@ one, a disjoint set of cores: the job's threads are its cores, pinned where the 
 Each slot keeps one worker process alive between jobs (loky's executor, as joblib's workers do):
 a job does not pay `import torch` again, and it is still a clean run (its own seed, threads,
 logger, status). A worker that dies fails its job alone; the slot gets a new worker. Ctrl-C and
-SIGTERM stop the sweep as under joblib: every started job saves and ends `interrupted`.
+SIGTERM stop the sweep as under joblib: every started job saves and ends `interrupted`; so does
+kill -9 of the sweep's parent (its workers notice and stop).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -25,6 +29,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import open_dict
 
 from fmnist.config import cpu_cores
+from fmnist.run.directory import LOCK
 
 log = logging.getLogger("fmnist")
 
@@ -76,7 +81,7 @@ def check_settings(slots: Any, jobs_per_device: Any, cores_per_slot: Any) -> Non
         )
 
 
-def _enter_slot(slot: Slot) -> None:
+def _enter_slot(slot: Slot, parent: int) -> None:
     """In a slot's worker, before anything else: its GPU and its cores, and Ctrl-C left to the
     sweep's parent (it stops the running jobs; an idle worker must not die of it)."""
     if slot.device.startswith("cuda"):  # the n-th GPU this sweep may see, as given to it
@@ -90,6 +95,39 @@ def _enter_slot(slot: Slot) -> None:
     except (AttributeError, OSError, ValueError, ImportError):  # no affinity here (macOS)
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_stop_with_parent, args=(parent,), daemon=True).start()
+
+
+ORPHAN_GRACE_S = 120.0  # an orphaned worker's job saves within this (a batch and a checkpoint)
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """In a slot's worker: when the sweep's parent is gone (kill -9; loky's workers do not notice
+    on POSIX and would finish their job, then wait forever), stop the job as SIGTERM does (it
+    saves and ends `interrupted`, and the same command resumes it), then exit."""
+    import psutil
+
+    try:
+        parent = psutil.Process(parent_pid)
+        while parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(1.0)
+    except psutil.Error:
+        pass  # gone
+    os.kill(os.getpid(), signal.SIGTERM)  # the job's handler: stop at the next batch and save
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    while time.monotonic() < deadline and _holds_a_run():
+        time.sleep(0.2)
+    os._exit(128 + signal.SIGTERM)
+
+
+def _holds_a_run() -> bool:
+    """Whether this process still owns a run directory (its lock file is open)."""
+    import psutil
+
+    try:
+        return any(Path(f.path).name == LOCK for f in psutil.Process().open_files())
+    except psutil.Error:
+        return True  # cannot tell: wait the grace out
 
 
 def _run(
@@ -158,7 +196,7 @@ class Pool:
 
         if slot.index not in self.executors:
             self.executors[slot.index] = ProcessPoolExecutor(
-                max_workers=1, initializer=_enter_slot, initargs=(slot,)
+                max_workers=1, initializer=_enter_slot, initargs=(slot, os.getpid())
             )
         return self.executors[slot.index]
 

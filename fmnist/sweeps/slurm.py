@@ -5,7 +5,8 @@ traceback that ends the sweep, and `hydra.launcher.wait=false` submits and retur
 
 Time limits and preemption: submitit asks Slurm for SIGUSR2 `signal_delay_s` before the limit;
 the run stops at its next batch, saves (`fmnist.engine.signals.StopOnSignal`), then submitit
-requeues the job (`max_num_timeout` times), and the requeued job resumes from its checkpoint.
+requeues the job, and the requeued job resumes from its checkpoint: for as long as each slice
+finishes an epoch, and `max_num_timeout` times for slices that finish none.
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ def train_group(members: list[Member]) -> None:
                     check_config(m.cfg)
                     directories.append(directory.claim())
                     fused = {"members": names, "index": index}
-                    run = prepare(m.cfg, directory, m.overrides, m.hydra_cfg, fused=fused)
+                    run = prepare(
+                        m.cfg, directory, m.overrides, m.hydra_cfg, stop=stop, fused=fused
+                    )
                 except Exception as exc:  # noqa: BLE001  (a member that cannot start fails alone)
                     m.setup_error = exc
                     if directory in directories:  # its own directory: the traceback goes there
