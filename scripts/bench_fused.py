@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -83,6 +84,12 @@ def main() -> int:
             f" vs joblib {times['joblib'] / times['fused']:.2f}x",
             flush=True,
         )
+    write_report(Path(args.out), rows)
+    return 0
+
+
+def write_report(path: Path, rows: Any) -> None:
+    """`rows` with the machine and the commit they were measured on, as JSON."""
     git, _ = provenance.git_state()
     out = {
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
@@ -90,9 +97,8 @@ def main() -> int:
         "commit": provenance.short({"git": git}),
         "rows": rows,
     }
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"machine: {out['machine']}; commit {out['commit']}; wrote {args.out}")
-    return 0
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"machine: {out['machine']}; commit {out['commit']}; wrote {path}")
 
 
 if __name__ == "__main__":

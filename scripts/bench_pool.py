@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fmnist.engine.runtime import cpu_model  # noqa: E402
-from fmnist.run import provenance  # noqa: E402
+from bench_fused import write_report  # noqa: E402  (scripts/ is on the path of its scripts)
 
 SEARCH = [
     *["hparams_search=optuna", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=10", "epochs=4"],
@@ -77,14 +75,7 @@ def main() -> int:
         print(f"{name:<22} " + "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     ratio = rows["README grid, basic"]["wall_s"] / rows["README grid, pool"]["wall_s"]
     print(f"README grid: pool {ratio:.2f}x faster than basic")
-    git, _ = provenance.git_state()
-    out = {
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
-        "commit": provenance.short({"git": git}),
-        "rows": rows,
-    }
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"machine: {out['machine']}; commit {out['commit']}; wrote {args.out}")
+    write_report(Path(args.out), rows)
     return 0
 
 

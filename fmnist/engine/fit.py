@@ -107,6 +107,7 @@ def train_epoch(active: list[RunState], step: ComputeStep, stop: StopOnSignal) -
         return active
     first = active[0]
     nan_every = first.cfg.runtime.nan_check_interval or (1 if first.device.type == "cpu" else 50)
+    ema_every = {id(run): run.cfg.ema.every for run in active}  # read once, not each batch
     for run in active:
         run.running_loss.zero_()
         run.running_correct.zero_()
@@ -124,7 +125,7 @@ def train_epoch(active: list[RunState], step: ComputeStep, stop: StopOnSignal) -
         for run, (_, labels) in zip(active, batch, strict=True):
             if run.scheduler is not None:
                 run.scheduler.step()  # per batch: cosine and one-cycle need it
-            if run.ema is not None and run.step % run.cfg.ema.every == 0:
+            if run.ema is not None and run.step % ema_every[id(run)] == 0:
                 run.ema.update_parameters(run.model)
             run.step += 1
             run.running_seen += len(labels)

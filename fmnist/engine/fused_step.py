@@ -39,6 +39,7 @@ class FusedStep:
         self.eval_model = FusedModel([r.eval_model for r in runs])
         smoothing = [float(r.cfg.label_smoothing) for r in runs]
         self.smoothing = smoothing[0] if len(set(smoothing)) == 1 else smoothing
+        self.clips = [r.cfg.grad_clip for r in runs]  # read once, not each step
         # every run's sums are views into one tensor: one add per step, one finiteness check
         self.loss = torch.stack([r.running_loss for r in runs])
         self.correct = torch.stack([r.running_correct for r in runs])
@@ -75,9 +76,9 @@ class FusedStep:
         for r in runs:
             r.optimizer.zero_grad(set_to_none=True)
         per.sum().backward()  # each member's parameters get the gradient of its own loss
-        for r in runs:
-            if r.cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(r.model.parameters(), r.cfg.grad_clip)
+        for r, clip in zip(runs, self.clips, strict=True):
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(r.model.parameters(), clip)
             r.optimizer.step()
         self.loss.add_(per.detach() * len(y))
         self.correct.add_((logits.argmax(2) == y).sum(0))

@@ -52,6 +52,8 @@ class SingleStep:
         cfg = run.cfg
         self.model = torch.compile(run.model) if cfg.runtime.compile else run.model
         self.params = [p for p in run.model.parameters() if p.requires_grad]
+        # read once: a DictConfig lookup costs microseconds, and a step reads them each batch
+        self.smoothing, self.clip = float(cfg.label_smoothing), cfg.grad_clip
         self.fn = self.step
         if run.graphs:
             sums = (run.running_loss, run.running_correct)
@@ -62,11 +64,11 @@ class SingleStep:
         run = self.run
         with autocast(run):
             logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.smoothing)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if run.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, run.cfg.grad_clip)
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         run.optimizer.step()
         run.running_loss.add_(loss.detach() * len(labels))  # per sample: exact for a short batch
         run.running_correct.add_((logits.argmax(1) == labels).sum())
