@@ -106,8 +106,14 @@ def job_dir(launcher: Any, overrides: list[str]) -> Path:
 def _result(job: Any, overrides: list[str], run_dir: Path) -> JobReturn:
     """The job's own JobReturn, or a failed one naming what Slurm says happened to it. The run's
     status says `interrupted` with that reason, so the summary lists it and a rerun resumes it."""
+    from submitit.core.utils import UncompletedJobError
+
     try:
-        return job.results()[0]
+        ret = job.results()[0]
+        cause = ret._return_value if ret.status == JobStatus.FAILED else None
+        if isinstance(cause, UncompletedJobError):  # submitit in the job: no requeue left
+            ret._return_value = SlurmJobError(f"Slurm job {job.job_id}: {cause}")
+        return ret
     except Exception:  # noqa: BLE001  (UncompletedJobError, FailedJobError, ...)
         state = slurm_states([job.job_id]).get(job.job_id) or job.state
         message = f"Slurm job {job.job_id} {state} (log: {job.paths.stderr})"
