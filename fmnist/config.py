@@ -123,6 +123,10 @@ class TrainConfig:
     seed: int = key(0, member=True)
     device: str = key("auto", identity=False, named=False)
     label_smoothing: float = key(0.0, member=True)
+    # the run length the weight decays are set for: a run of E epochs multiplies every group's
+    # decay by weight_decay_epochs / E, so its weights shrink as much in total whatever E (or
+    # budget_min) chooses (airbench sets decay per step for its run length); None = as set
+    weight_decay_epochs: int | None = None
     # clip the gradients' global norm to this; None = off
     grad_clip: float | None = key(None, member=True)
     # the objective: best.pt, sweeps and compare (val_loss also)
@@ -181,6 +185,13 @@ def validate(cfg: DictConfig) -> None:
         "budget_min",
         budget,
         "minutes of training, a number > 0 (e.g. budget_min=10), or null to train `epochs`",
+    )
+    decay_epochs = cfg.weight_decay_epochs
+    _check(
+        decay_epochs is None or decay_epochs >= 1,
+        "weight_decay_epochs",
+        decay_epochs,
+        "must be null (decays as set) or an integer >= 1",
     )
     for key in ("seed", "data.split_seed"):  # numpy's generators take 32-bit seeds only
         value = OmegaConf.select(cfg, key)

@@ -59,7 +59,8 @@ def read(run_dir: Path, name: str) -> dict | list:
 @pytest.mark.slow
 def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_finished(tmp_path):
     run_dir = tmp_path / "run"
-    run_train(["budget_min=0.25", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    decay = ["optimizer.weight_decay=1e-5", "weight_decay_epochs=4"]  # scaled to the chosen length
+    run_train(["budget_min=0.25", *QUICK, *decay, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     status, rows = read(run_dir, "status.json"), read(run_dir, "results.json")
     chosen = status["budget"]
     assert status["status"] == "completed" and chosen["minutes"] == 0.25
@@ -76,6 +77,7 @@ def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_finished(tmp_pa
     log = (run_dir / "train.log").read_text()
     assert log.count("budget_min=0.25 (15 s): ") == 1
     assert f"same run anywhere: epochs={epochs} eval_every={chosen['eval_every']}" in log
+    assert f"weight decay x{4 / epochs:.3g}: set for 4 epochs, this run trains {epochs} " in log
 
 
 @pytest.mark.slow

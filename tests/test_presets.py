@@ -77,7 +77,10 @@ def test_time_to_accuracy_presets_say_what_they_claim():
         assert cfg.tta and cfg.data.val_size == 5000 and cfg.model.bn_momentum == 0.4
     fast, best = compose_cfg(["experiment=fast"]), compose_cfg(["experiment=best"])
     assert (fast.model.width1, fast.model.width2, fast.model.width3) == (24, 48, 96)
-    assert fast.epochs == 12 and fast.eval_every == fast.epochs  # "evaluated once"
+    assert fast.epochs == 14 and fast.eval_every == fast.epochs  # "evaluated once"
+    # "airbench's decays are per step of a 10-epoch run"; best's "measured at 36 epochs"
+    assert fast.weight_decay_epochs == 10 and fast.optimizer.weight_decay == 1.33e-3
+    assert best.weight_decay_epochs == 36 and best.optimizer.weight_decay == 5e-4
     assert fast.tta_translate == 0 and fast.data.augment.crop_padding == 0
     assert fast.runtime.bf16 == "auto"  # "only where the CPU has it natively"
     assert (best.model.width1, best.model.width2, best.model.width3) == (32, 64, 128)

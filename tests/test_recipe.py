@@ -208,11 +208,31 @@ def test_param_groups_reach_the_run_and_one_cycle_keeps_their_ratio(data_root, t
     for bad, match in (
         ("param_groups.norm.lr_scale=0", "param_groups.norm.lr_scale=0.0 is invalid"),
         ("param_groups.bias.weight_decay=-1", "param_groups.bias.weight_decay=-1.0 is invalid"),
+        ("weight_decay_epochs=0", "weight_decay_epochs=0 is invalid"),
     ):
         with pytest.raises(ConfigError, match=match):
             train(quick(data_root, tmp_path, [bad], name="bad"))
     with pytest.raises(Exception, match="head"):  # an unknown kind fails at composition
         quick(data_root, tmp_path, ["param_groups.head.lr_scale=2"])
+
+
+def test_weight_decay_epochs_keeps_the_total_decay_of_the_length_it_was_set_for(
+    data_root, tmp_path
+):
+    decays = {}
+    for epochs in (5, 20):
+        cfg = quick(
+            data_root,
+            tmp_path,
+            ["optimizer=sgd", "optimizer.weight_decay=1e-3", "param_groups.norm.weight_decay=2e-5"]
+            + [f"epochs={epochs}", "weight_decay_epochs=10"],
+            name=f"e{epochs}",
+        )
+        run = build_run(cfg, tmp_path, flat_hparams(cfg))
+        decays[epochs] = {g["kind"]: g["weight_decay"] for g in run.optimizer.param_groups}
+    # per epoch x epochs = the same total: twice the decay for half the length, half for twice
+    assert decays[5] == pytest.approx({"weight": 2e-3, "norm": 4e-5})
+    assert decays[20] == pytest.approx({"weight": 5e-4, "norm": 1e-5})
 
 
 def test_triangle_schedule_rises_then_falls_linearly():

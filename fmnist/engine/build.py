@@ -75,6 +75,15 @@ def build_run(
         groups = param_groups(model, OmegaConf.to_container(cfg.param_groups), cfg.lr)
     with refused_as("optimizer", cfg.choices.optimizer):
         optimizer = instantiate(cfg.optimizer)(groups, **optimizer_options(cfg, graphs))
+    if cfg.weight_decay_epochs:  # the same total decay for any run length
+        for group in optimizer.param_groups:
+            group["weight_decay"] *= cfg.weight_decay_epochs / cfg.epochs
+        log.info(
+            "weight decay x%.3g: set for %d epochs, this run trains %d (weight_decay_epochs)",
+            cfg.weight_decay_epochs / cfg.epochs,
+            cfg.weight_decay_epochs,
+            cfg.epochs,
+        )
     batches = min(len(data.train), cfg.limit_train_batches or len(data.train))
     scheduler = None
     if cfg.scheduler:
