@@ -117,8 +117,8 @@ class TrainConfig:
     batch_size: int = 100
     shuffle: bool = key(True, member=True)
     epochs: int = key(5, identity=False)  # a finished run may be trained further
-    # minutes of training: the run times itself and chooses epochs (and eval_every) to fit;
-    # it then wins over `epochs` (fmnist/engine/budget.py); None = train `epochs`
+    # minutes of training: the run times itself and chooses epochs (and eval_every) to fit,
+    # unless `epochs` is on the command line (fmnist/engine/budget.py); None = train `epochs`
     budget_min: float | None = None
     seed: int = key(0, member=True)
     device: str = key("auto", identity=False, named=False)

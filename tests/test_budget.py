@@ -1,13 +1,14 @@
 """`budget_min`: a run that times itself and chooses its epochs to fit the minutes given."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytest
 
 from fmnist.config import ConfigError, validate
-from fmnist.engine.budget import choose, recorded
+from fmnist.engine.budget import choose, recorded, settle
 from fmnist.run.directory import RunDirError
 from tests.conftest import compose_cfg, run_train
 from tests.test_resume import start, wait_for_epoch
@@ -36,13 +37,23 @@ def test_budget_min_out_of_range_is_refused_naming_the_key(value):
         validate(cfg)
 
 
-@pytest.mark.parametrize("record", [{"epochs": "12"}, [1, 2], {**RECORD, "epochs": 0}])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"epochs": "12"},
+        [1, 2],
+        {**RECORD, "epochs": 0},
+        {**RECORD, "epochs": True},  # a bool is an int to Python, not a count
+        {**RECORD, "minutes": 5.0},  # chosen for another budget
+    ],
+)
 def test_a_budget_record_this_package_did_not_write_is_refused(tmp_path, record):
     (tmp_path / "status.json").write_text(json.dumps({"status": "running", "budget": record}))
+    minutes = RECORD["minutes"]
     with pytest.raises(RunDirError, match="holds a budget record this package did not write"):
-        recorded(tmp_path)
+        recorded(tmp_path, minutes)
     (tmp_path / "status.json").write_text(json.dumps({"budget": RECORD}))
-    assert recorded(tmp_path).epochs == 12
+    assert recorded(tmp_path, minutes).epochs == 12
 
 
 def test_the_fused_launcher_runs_budgeted_jobs_alone():
@@ -50,6 +61,11 @@ def test_the_fused_launcher_runs_budgeted_jobs_alone():
 
     assert "budget_min" in why_not_fused(compose_cfg(["budget_min=1"]), 2)
     assert why_not_fused(compose_cfg([]), 2) is None  # the same jobs without a budget fuse
+    # a preset's budget with epochs on the command line: the jobs train epochs, and may fuse
+    given = ["experiment=best", "epochs=2"]
+    task = compose_cfg(given)
+    settle(task, given, logging.getLogger("test"))
+    assert task.budget_min is None and "budget_min" not in (why_not_fused(task, 2) or "")
 
 
 def read(run_dir: Path, name: str) -> dict | list:
@@ -96,3 +112,10 @@ def test_kill9_then_the_same_command_resumes_with_the_epochs_chosen_first(tmp_pa
     assert status["status"] == "completed" and status["budget"] == first["budget"]
     assert [r["epoch"] for r in rows] == list(range(1, first["budget"]["epochs"] + 1))
     assert (run_dir / "train.log").read_text().count("budget_min=0.3 (18 s): ") == 1  # timed once
+    # trained further, as any finished run: the same command with more epochs
+    further = first["budget"]["epochs"] + 1
+    done = run_train([*args, f"epochs={further}"], cwd=tmp_path)
+    assert "resuming" in done.stdout + done.stderr
+    status = read(run_dir, "status.json")
+    assert status["status"] == "completed" and status["last_epoch"] == further
+    assert read(run_dir, "results.json")[-1]["epoch"] == further

@@ -89,6 +89,25 @@ def test_a_changed_machine_setting_resumes(finished, tmp_path):
     assert json.loads((run_dir / "status.json").read_text())["last_epoch"] == 2
 
 
+def test_a_run_recorded_before_a_key_was_added_resumes_with_its_null(finished, tmp_path):
+    """A status.json written before `budget_min` and `weight_decay_epochs` existed: null is what
+    that package did, so the run resumes; another value is refused naming the key."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    status = json.loads((run_dir / "status.json").read_text())
+    for key in ("budget_min", "weight_decay_epochs"):
+        assert status["identity"].pop(key, "absent") is None
+    (run_dir / "status.json").write_text(json.dumps(status))
+    args = ["epochs=2", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"]
+    before = snapshot(run_dir)
+    done = run_train(["weight_decay_epochs=3", *args], cwd=tmp_path, check=False)
+    one_line_error(done, "different run (weight_decay_epochs: (unset) -> 3)")
+    assert snapshot(run_dir) == before
+    done = run_train(args, cwd=tmp_path)
+    assert "resuming" in done.stdout + done.stderr
+    assert json.loads((run_dir / "status.json").read_text())["last_epoch"] == 2
+
+
 def test_a_second_process_is_refused_at_once_with_the_owners_pid(tmp_path):
     run_dir = tmp_path / "run"
     args = ["epochs=20", "limit_train_batches=100", *QUICK, f"hydra.run.dir={run_dir}"]

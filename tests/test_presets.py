@@ -85,7 +85,9 @@ def test_time_to_accuracy_presets_say_what_they_claim():
     assert fast.runtime.bf16 == "auto"  # "only where the CPU has it natively"
     assert (best.model.width1, best.model.width2, best.model.width3) == (32, 64, 128)
     assert best.budget_min == 30 and best.eval_every == 6  # "30 minutes of training"
-    assert best.epochs == 36  # "only with budget_min=null"
+    assert best.epochs == 36  # "with budget_min=null"
+    for debug in ("fast", "profile", "anomaly", "overfit"):  # their epochs, not best's budget
+        assert compose_cfg(["experiment=best", f"debug={debug}"]).budget_min is None
     assert best.tta_translate == 1 and best.data.augment.crop_padding == 2
     assert best.runtime.bf16 == "auto"
     gpu = compose_cfg(["experiment=best_gpu"])  # best, with airbench94's widths and batch

@@ -11,6 +11,7 @@ from omegaconf import open_dict
 from fmnist.config import ConfigError
 from fmnist.data.tensors import load_tensors
 from fmnist.engine.build import build_run
+from fmnist.engine.graphs import load_optimizer_state
 from fmnist.engine.param_groups import param_groups
 from fmnist.engine.runner import train
 from fmnist.engine.schedulers import triangle
@@ -219,7 +220,7 @@ def test_param_groups_reach_the_run_and_one_cycle_keeps_their_ratio(data_root, t
 def test_weight_decay_epochs_keeps_the_total_decay_of_the_length_it_was_set_for(
     data_root, tmp_path
 ):
-    decays = {}
+    decays, runs = {}, {}
     for epochs in (5, 20):
         cfg = quick(
             data_root,
@@ -228,11 +229,14 @@ def test_weight_decay_epochs_keeps_the_total_decay_of_the_length_it_was_set_for(
             + [f"epochs={epochs}", "weight_decay_epochs=10"],
             name=f"e{epochs}",
         )
-        run = build_run(cfg, tmp_path, flat_hparams(cfg))
-        decays[epochs] = {g["kind"]: g["weight_decay"] for g in run.optimizer.param_groups}
+        runs[epochs] = build_run(cfg, tmp_path, flat_hparams(cfg))
+        decays[epochs] = {g["kind"]: g["weight_decay"] for g in runs[epochs].optimizer.param_groups}
     # per epoch x epochs = the same total: twice the decay for half the length, half for twice
     assert decays[5] == pytest.approx({"weight": 2e-3, "norm": 4e-5})
     assert decays[20] == pytest.approx({"weight": 5e-4, "norm": 1e-5})
+    # a 5-epoch run trained further to 20: its checkpoint's decays give way to the new length's
+    load_optimizer_state(runs[20].optimizer, runs[5].optimizer.state_dict())
+    assert {g["kind"]: g["weight_decay"] for g in runs[20].optimizer.param_groups} == decays[20]
 
 
 def test_triangle_schedule_rises_then_falls_linearly():

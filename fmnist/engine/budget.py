@@ -4,8 +4,9 @@ A throwaway copy of the run (same data, model, optimizer and precision, no callb
 training steps after a warm-up and a few evaluation batches; from them the run chooses its
 epochs, and a wider `eval_every` where evaluations would take over a tenth of the budget. The
 run is then built exactly as `epochs=E eval_every=K` without a budget builds it (its schedule ends
-at its last epoch, not cut off), and the choice is recorded in status.json, provenance.json and
-the results: a resume continues with it instead of timing again.
+at its last epoch, not cut off), and the choice is recorded in status.json and provenance.json
+(the results hold the chosen `epochs` and `eval_every`): a resume continues with it instead of
+timing again, and `epochs=N` on the command line trains the run on further.
 
 The budget covers the timing and the training with its evaluations (`timing_s` + the run's
 `run_duration`); process start-up and the end-of-run figures come on top.
@@ -83,28 +84,45 @@ def settle(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
         cfg.budget_min = None
 
 
-def recorded(run_dir: Path) -> Budget | None:
+def recorded(run_dir: Path, minutes: float) -> Budget | None:
     """The choice an earlier attempt of this run made (its status.json), if any; a record this
-    package did not write is refused in one line (a run directory is untrusted input)."""
+    package did not write, or written for another budget, is refused in one line (a run
+    directory is untrusted input)."""
     found = (read_status(run_dir) or {}).get("budget")
     if found is None:
         return None
     try:
         budget = Budget(**found)
-        valid = all(isinstance(v, int) and v >= 1 for v in (budget.epochs, budget.eval_every))
+        counts = (budget.epochs, budget.eval_every)
+        valid = budget.minutes == minutes and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in counts
+        )
     except TypeError:
         valid = False
     if not valid:
         raise RunDirError(
-            f"{run_dir / STATUS} holds a budget record this package did not write; "
+            f"{run_dir / STATUS} holds a budget record this package did not write for "
+            f"budget_min={minutes:g}; "
             "move it away or choose another directory"
         )
     return budget
 
 
-def apply(cfg: DictConfig, budget: Budget) -> None:
+def apply(
+    cfg: DictConfig, budget: Budget, further: bool = False, log: logging.Logger | None = None
+) -> None:
+    """Resume with the recorded choice; `further` (an `epochs` on the command line): train the
+    run on to those epochs, evaluated as chosen (as `epochs=N` trains any finished run further)."""
     with read_write(cfg), open_dict(cfg):
-        cfg.epochs = budget.epochs
+        if further and cfg.epochs != budget.epochs and log is not None:
+            log.info(
+                "epochs=%d given: training on the run budget_min=%g sized to %d epochs",
+                cfg.epochs,
+                budget.minutes,
+                budget.epochs,
+            )
+        if not further:
+            cfg.epochs = budget.epochs
         cfg.eval_every = budget.eval_every
 
 

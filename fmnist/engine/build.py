@@ -76,6 +76,11 @@ def build_run(
     with refused_as("optimizer", cfg.choices.optimizer):
         optimizer = instantiate(cfg.optimizer)(groups, **optimizer_options(cfg, graphs))
     if cfg.weight_decay_epochs:  # the same total decay for any run length
+        if any("weight_decay" not in group for group in optimizer.param_groups):
+            raise ConfigError(
+                f"weight_decay_epochs={cfg.weight_decay_epochs} is invalid: "
+                f"optimizer={cfg.choices.optimizer} has no weight_decay to scale"
+            )
         for group in optimizer.param_groups:
             group["weight_decay"] *= cfg.weight_decay_epochs / cfg.epochs
         log.info(

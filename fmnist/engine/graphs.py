@@ -59,13 +59,17 @@ def want_graphs(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load a checkpoint's optimizer state, keeping this run's `capturable` flags: whether a
-    graph replays the step depends on this run's device, not the one the checkpoint came from."""
-    flags = [group.get("capturable") for group in optimizer.param_groups]
+    """Load a checkpoint's optimizer state, keeping this run's `capturable` flags (whether a
+    graph replays the step depends on this run's device, not the one the checkpoint came from)
+    and weight decays (scaled to this run's epochs by `weight_decay_epochs`: a run trained
+    further decays each step less)."""
+    kept = [
+        {k: group[k] for k in ("capturable", "weight_decay") if group.get(k) is not None}
+        for group in optimizer.param_groups
+    ]
     optimizer.load_state_dict(state)
-    for group, flag in zip(optimizer.param_groups, flags, strict=True):
-        if flag is not None:
-            group["capturable"] = flag
+    for group, own in zip(optimizer.param_groups, kept, strict=True):
+        group.update(own)
 
 
 class GraphedStep:

@@ -33,7 +33,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, hydra_cfg: Any = 
     if hydra_cfg is None and "hydra" in cfg:
         hydra_cfg = cfg.hydra
     if overrides is None:  # the command line's, as Hydra recorded it
-        overrides = [str(o) for o in OmegaConf.select(hydra_cfg or {}, "overrides.task") or []]
+        task = OmegaConf.select(hydra_cfg, "overrides.task") if hydra_cfg is not None else None
+        overrides = [str(o) for o in task or []]
     check_config(cfg)
     # from the claim on, a signal stops the run at its next batch; the claim comes before
     # anything is written: a second process is refused there
@@ -66,10 +67,11 @@ def prepare(
     result of a run that already completed. `stop`: the caller's signal handler (it stops a
     budget's timing too); `provenance_extra`: more to record (a fused group)."""
     run_dir = directory.path
-    budgets.settle(cfg, overrides, log)  # budget_min or epochs, when both are set
-    budget = budgets.recorded(run_dir) if cfg.budget_min is not None else None
-    if budget is not None:  # an earlier attempt chose: resume with its epochs, never time again
-        budgets.apply(cfg, budget)
+    budget = budgets.recorded(run_dir, cfg.budget_min) if cfg.budget_min is not None else None
+    if budget is not None:  # an earlier attempt chose: resume with its choice, never time again
+        budgets.apply(cfg, budget, further=budgets.given(overrides, "epochs"), log=log)
+    else:
+        budgets.settle(cfg, overrides, log)  # budget_min or epochs, when both are set
     plan = plan_run(run_dir, identity(cfg), cfg.epochs)
     if plan.action == "complete":
         status = plan.status

@@ -54,6 +54,9 @@ def plan_run(run_dir: Path, identity: dict[str, Any], epochs: int) -> Plan:
         )
     if not recorded:  # failed before training started: nothing to keep
         return Plan("fresh", stale=True)
+    # a key added to the schema since (budget_min, weight_decay_epochs) that is null here: null is
+    # what the older package did, so its runs resume and are skipped as before
+    recorded = {**{k: None for k, v in identity.items() if v is None}, **recorded}
     if recorded != identity:
         diff = ", ".join(differences(recorded, identity))
         raise RunDirError(

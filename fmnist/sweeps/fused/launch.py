@@ -10,6 +10,7 @@ runtime, evaluation (`tta`, `eval_every`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -50,6 +51,13 @@ class Job:
             with read_write(task), open_dict(task):
                 del task["hydra"]
             OmegaConf.resolve(task)  # `${hydra:...}` means this job's config, whatever comes next
+        from fmnist.config import ConfigError
+        from fmnist.engine.budget import settle
+
+        # a preset's budget_min with epochs on the command line: epochs, as the run decides; both
+        # on the command line: the job refuses that itself, in one line
+        with contextlib.suppress(ConfigError):
+            settle(task, self.overrides, logging.getLogger("fmnist"))
         self.task = task
         self.name = output.name
 
