@@ -1,14 +1,13 @@
 """`budget_min`: a run that times itself and chooses its epochs to fit the minutes given."""
 
 import json
-import logging
 import math
 from pathlib import Path
 
 import pytest
 
 from fmnist.config import ConfigError, validate
-from fmnist.engine.budget import choose, recorded, settle
+from fmnist.engine.budget import choose, recorded
 from fmnist.run.directory import RunDirError
 from tests.conftest import compose_cfg, run_train
 from tests.test_resume import start, wait_for_epoch
@@ -44,7 +43,6 @@ def test_budget_min_out_of_range_is_refused_naming_the_key(value):
         [1, 2],
         {**RECORD, "epochs": 0},
         {**RECORD, "epochs": True},  # a bool is an int to Python, not a count
-        {**RECORD, "minutes": 5.0},  # chosen for another budget
     ],
 )
 def test_a_budget_record_this_package_did_not_write_is_refused(tmp_path, record):
@@ -54,6 +52,7 @@ def test_a_budget_record_this_package_did_not_write_is_refused(tmp_path, record)
         recorded(tmp_path, minutes)
     (tmp_path / "status.json").write_text(json.dumps({"budget": RECORD}))
     assert recorded(tmp_path, minutes).epochs == 12
+    assert recorded(tmp_path, 5.0) is None  # another budget: the identity check names it
 
 
 def test_the_fused_launcher_runs_budgeted_jobs_alone():
@@ -61,11 +60,19 @@ def test_the_fused_launcher_runs_budgeted_jobs_alone():
 
     assert "budget_min" in why_not_fused(compose_cfg(["budget_min=1"]), 2)
     assert why_not_fused(compose_cfg([]), 2) is None  # the same jobs without a budget fuse
-    # a preset's budget with epochs on the command line: the jobs train epochs, and may fuse
+
+
+def test_a_presets_budget_with_epochs_given_lets_fused_jobs_group(tmp_path):
+    """The fused launcher groups jobs by the epochs they will train, decided as each run decides."""
+    from fmnist.sweeps.fused.launch import Job, why_not_fused
+
     given = ["experiment=best", "epochs=2"]
-    task = compose_cfg(given)
-    settle(task, given, logging.getLogger("test"))
-    assert task.budget_min is None and "budget_min" not in (why_not_fused(task, 2) or "")
+    dirs = [f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=job0"]
+    job = Job(0, given, compose_cfg([*given, *dirs]))
+    assert job.task.budget_min is None and job.task.epochs == 2
+    assert "budget_min" not in (why_not_fused(job.task, 2) or "")
+    alone = Job(1, ["experiment=best"], compose_cfg(["experiment=best", *dirs]))
+    assert alone.task.budget_min == 30 and "budget_min" in why_not_fused(alone.task, 2)
 
 
 def read(run_dir: Path, name: str) -> dict | list:

@@ -154,13 +154,18 @@ def test_a_directory_holding_another_run_is_not_overwritten(tmp_path):
     assert (run_dir / "results.json").read_text() == before
 
 
-def test_resume_a_completed_run_with_more_epochs(tmp_path):
+@pytest.mark.parametrize("scheduler", ["none", "onecycle"])
+def test_resume_a_completed_run_with_more_epochs(tmp_path, scheduler):
+    """With a schedule, trained on is as long as the new epochs say: one-cycle ends at its end."""
     run_dir = tmp_path / "run"
-    run_train(
-        ["epochs=1", "limit_train_batches=3", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path
-    )
+    first = ["epochs=1", "limit_train_batches=3", f"scheduler={scheduler}", *QUICK]
+    run_train([*first, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     run_train([f"resume={run_dir}", "epochs=2"], cwd=tmp_path)
-    assert [r["epoch"] for r in metrics(run_dir)] == [1, 2]
+    rows = metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    if scheduler == "onecycle":
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results[-1]["lr_current"] < 1e-3 * results[0]["lr"]
 
 
 def test_resume_of_a_non_run_is_an_error(tmp_path):

@@ -8,8 +8,9 @@ at its last epoch, not cut off), and the choice is recorded in status.json and p
 (the results hold the chosen `epochs` and `eval_every`): a resume continues with it instead of
 timing again, and `epochs=N` on the command line trains the run on further.
 
-The budget covers the timing and the training with its evaluations (`timing_s` + the run's
-`run_duration`); process start-up and the end-of-run figures come on top.
+The budget covers the timing, the real run's build after it (planned for, as a second build) and
+the training with its evaluations (`timing_s` + the run's `run_duration`); process start-up and
+the end-of-run figures come on top.
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ def given(overrides: list[str], key: str) -> bool:
 
 
 def settle(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
-    """`budget_min` and `epochs` together: the command line's wins over the config's (a preset's),
-    in one line (`experiment=best epochs=1` trains one epoch); both on the command line are
-    refused. Otherwise a budget chooses the epochs."""
+    """`budget_min` and `epochs` together, in a run no budget has sized yet: the command line's
+    wins over the config's (a preset's), in one line (`experiment=best epochs=1` trains one
+    epoch); both on the command line are refused. Otherwise a budget chooses the epochs."""
     if cfg.budget_min is None or not given(overrides, "epochs"):
         return
     if given(overrides, "budget_min"):
@@ -84,28 +85,41 @@ def settle(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
         cfg.budget_min = None
 
 
+def decide(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], log: logging.Logger
+) -> Budget | None:
+    """Before anything is planned: an earlier attempt's choice (applied to `cfg`: a resume never
+    times again; `epochs` on the command line trains the run on), else `settle`. None: no choice
+    recorded (a budget still to size, or none)."""
+    budget = recorded(run_dir, cfg.budget_min) if cfg.budget_min is not None else None
+    if budget is not None:
+        apply(cfg, budget, further=given(overrides, "epochs"), log=log)
+    else:
+        settle(cfg, overrides, log)
+    return budget
+
+
 def recorded(run_dir: Path, minutes: float) -> Budget | None:
-    """The choice an earlier attempt of this run made (its status.json), if any; a record this
-    package did not write, or written for another budget, is refused in one line (a run
-    directory is untrusted input)."""
+    """The choice an earlier attempt of this run made (its status.json), if any (None for another
+    budget: the run's identity check names that difference); a record this package did not
+    write is refused in one line (a run directory is untrusted input)."""
     found = (read_status(run_dir) or {}).get("budget")
     if found is None:
         return None
     try:
         budget = Budget(**found)
         counts = (budget.epochs, budget.eval_every)
-        valid = budget.minutes == minutes and all(
+        valid = isinstance(budget.minutes, int | float) and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in counts
         )
     except TypeError:
         valid = False
     if not valid:
         raise RunDirError(
-            f"{run_dir / STATUS} holds a budget record this package did not write for "
-            f"budget_min={minutes:g}; "
+            f"{run_dir / STATUS} holds a budget record this package did not write; "
             "move it away or choose another directory"
         )
-    return budget
+    return budget if budget.minutes == minutes else None
 
 
 def apply(

@@ -140,6 +140,9 @@ def build_run(
     )
 
 
+SCHEDULE_LENGTH = ("total_steps", "_schedule_phases")  # OneCycleLR's; LambdaLR's are functions
+
+
 def restore(run: RunState, checkpoint: dict[str, Any]) -> None:
     """Continue exactly where the last finished epoch left off (RNG states included)."""
     if run.ema is not None:
@@ -150,7 +153,9 @@ def restore(run: RunState, checkpoint: dict[str, Any]) -> None:
         run.model.load_state_dict(checkpoint["model"])
     load_optimizer_state(run.optimizer, checkpoint["optimizer"])
     if run.scheduler is not None and checkpoint["scheduler"] is not None:
-        run.scheduler.load_state_dict(checkpoint["scheduler"])
+        # the checkpoint's position, this run's length (the same, unless trained on: epochs=N)
+        length = {k: v for k, v in run.scheduler.state_dict().items() if k in SCHEDULE_LENGTH}
+        run.scheduler.load_state_dict({**checkpoint["scheduler"], **length})
     set_rng_state(checkpoint["rng"])
     run.tracker.load_state_dict(checkpoint.get("callbacks") or {})
     run.start_epoch = run.epoch = checkpoint["epoch"]

@@ -67,11 +67,7 @@ def prepare(
     result of a run that already completed. `stop`: the caller's signal handler (it stops a
     budget's timing too); `provenance_extra`: more to record (a fused group)."""
     run_dir = directory.path
-    budget = budgets.recorded(run_dir, cfg.budget_min) if cfg.budget_min is not None else None
-    if budget is not None:  # an earlier attempt chose: resume with its choice, never time again
-        budgets.apply(cfg, budget, further=budgets.given(overrides, "epochs"), log=log)
-    else:
-        budgets.settle(cfg, overrides, log)  # budget_min or epochs, when both are set
+    budget = budgets.decide(cfg, run_dir, overrides, log)  # a choice recorded, or epochs given
     plan = plan_run(run_dir, identity(cfg), cfg.epochs)
     if plan.action == "complete":
         status = plan.status

@@ -30,6 +30,9 @@ class Plan:
     stale: bool = False
 
 
+ADDED_KEYS = ("budget_min", "weight_decay_epochs")  # identity keys older status files lack
+
+
 def plan_run(run_dir: Path, identity: dict[str, Any], epochs: int) -> Plan:
     """Decide from the files alone; never writes. `identity`: what makes the run this run
     (`fmnist.hparams.identity`); a directory whose run differs in any of it is refused."""
@@ -54,9 +57,8 @@ def plan_run(run_dir: Path, identity: dict[str, Any], epochs: int) -> Plan:
         )
     if not recorded:  # failed before training started: nothing to keep
         return Plan("fresh", stale=True)
-    # a key added to the schema since (budget_min, weight_decay_epochs) that is null here: null is
-    # what the older package did, so its runs resume and are skipped as before
-    recorded = {**{k: None for k, v in identity.items() if v is None}, **recorded}
+    # keys the schema gained after runs were recorded: null here is what the older package did
+    recorded = {**{k: None for k in ADDED_KEYS if identity.get(k, 0) is None}, **recorded}
     if recorded != identity:
         diff = ", ".join(differences(recorded, identity))
         raise RunDirError(

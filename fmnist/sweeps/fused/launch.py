@@ -52,12 +52,13 @@ class Job:
                 del task["hydra"]
             OmegaConf.resolve(task)  # `${hydra:...}` means this job's config, whatever comes next
         from fmnist.config import ConfigError
-        from fmnist.engine.budget import settle
+        from fmnist.engine.budget import decide
+        from fmnist.run.directory import RunDirError
 
-        # a preset's budget_min with epochs on the command line: epochs, as the run decides; both
-        # on the command line: the job refuses that itself, in one line
-        with contextlib.suppress(ConfigError):
-            settle(task, self.overrides, logging.getLogger("fmnist"))
+        # a preset's budget with epochs on the command line: the epochs, as the run itself decides
+        # (grouping needs them); a conflict or a bad record: the job says so itself, in one line
+        with contextlib.suppress(ConfigError, RunDirError):
+            decide(task, Path(task.output_dir), self.overrides, logging.getLogger("fmnist"))
         self.task = task
         self.name = output.name
 
