@@ -14,7 +14,7 @@ from omegaconf import OmegaConf, open_dict
 from fmnist.engine.fused_model import FusedModel, fusable, stack_inputs
 from fmnist.models import build_model
 from fmnist.sweeps.fused.launch import group_key
-from tests.conftest import compose_cfg, run_train
+from tests.conftest import CONF, compose_cfg, run_train
 from tests.test_resume import start, wait_for_epoch
 
 ZOO = {
@@ -164,6 +164,43 @@ def test_jobs_group_by_what_they_share(data_root):
         assert key(other) != base, other
     assert key("eval_every=2") != base  # evaluation is shared: its epochs and views too
     assert key("tta=true", "tta_translate=1") != key("tta=true")
+
+
+def test_jobs_that_differ_in_values_are_composed_once_as_hydra_composes_them(data_root):
+    """The fused launcher composes a job from the last one composed when only plain values
+    differ (fmnist/sweeps/compose.py): each config equals Hydra's own composition of the job."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+
+    from fmnist.sweeps.compose import compose_jobs
+
+    class Counting(ConfigLoaderImpl):
+        calls = 0
+
+        def load_sweep_config(self, master, overrides):
+            self.calls += 1
+            return super().load_sweep_config(master, overrides)
+
+    loader = Counting(config_search_path=create_config_search_path(str(CONF)))
+    master = loader.load_configuration(
+        "train", [f"data.root={data_root}", "epochs=1", "hydra/launcher=fused"], RunMode.MULTIRUN
+    )
+    jobs = [
+        ["lr=0.01", "seed=0"],
+        ["lr=0.001", "seed=1"],  # the same keys: a copy with its values
+        ["model=bn_cnn", "seed=2"],  # a config group: composed
+        ["lr=0.1", "data.augment.hflip=true"],  # other keys: composed
+        ["lr=3e-4", "data.augment.hflip=false"],  # a copy, a value back to its default
+        ["lr=0.1", "+extra=1"],  # an added key: composed
+    ]
+    fast = compose_jobs(loader, master, jobs)
+    assert loader.calls == 4
+    for job, config in zip(jobs, fast, strict=True):
+        assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(loader.load_sweep_config(master, job))
+    assert fast[1].lr == 0.001 and fast[1].seed == 1 and fast[0].lr == 0.01  # copies, not views
+    assert fast[1].hydra.job.override_dirname == "lr=0.001,seed=1"
+    assert list(fast[4].hydra.overrides.task) == jobs[4]
 
 
 def rows(run_dir: Path) -> list[dict]:

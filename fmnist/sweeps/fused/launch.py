@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fmnist.hparams import shared
 from fmnist.run.status import finished, objective, read_status
+from fmnist.sweeps.compose import compose_jobs
 
 log = logging.getLogger("fmnist")
 
@@ -145,10 +146,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     jobs = []
-    for i, overrides in enumerate(job_overrides):
-        config = launcher.hydra_context.config_loader.load_sweep_config(
-            launcher.config, list(overrides)
-        )
+    loader = launcher.hydra_context.config_loader
+    configs = compose_jobs(loader, launcher.config, job_overrides)
+    for i, (overrides, config) in enumerate(zip(job_overrides, configs, strict=True)):
         with open_dict(config):
             config.hydra.job.id = config.hydra.job.num = initial_job_idx + i
         jobs.append(Job(initial_job_idx + i, overrides, config))
