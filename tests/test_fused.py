@@ -189,18 +189,24 @@ def test_jobs_that_differ_in_values_are_composed_once_as_hydra_composes_them(dat
     jobs = [
         ["lr=0.01", "seed=0"],
         ["lr=0.001", "seed=1"],  # the same keys: a copy with its values
+        ["lr=0.003", "seed=2"],  # another copy of the same base
         ["model=bn_cnn", "seed=2"],  # a config group: composed
+        ["model=seed_cnn", "seed=3"],  # another choice of it: composed
+        ["experiment=fast", "seed=0"],  # composed...
+        ["experiment=fast", "seed=1"],  # ...and the same choice again: a copy
         ["lr=0.1", "data.augment.hflip=true"],  # other keys: composed
         ["lr=3e-4", "data.augment.hflip=false"],  # a copy, a value back to its default
         ["lr=0.1", "+extra=1"],  # an added key: composed
+        ["lr=0.2", "+extra=2"],  # another added value: composed
     ]
     fast = compose_jobs(loader, master, jobs)
-    assert loader.calls == 4
+    assert loader.calls == 7
     for job, config in zip(jobs, fast, strict=True):
         assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(loader.load_sweep_config(master, job))
-    assert fast[1].lr == 0.001 and fast[1].seed == 1 and fast[0].lr == 0.01  # copies, not views
+    assert [c.seed for c in fast[:3]] == [0, 1, 2]  # copies, not views of one config
     assert fast[1].hydra.job.override_dirname == "lr=0.001,seed=1"
-    assert list(fast[4].hydra.overrides.task) == jobs[4]
+    assert list(fast[8].hydra.overrides.task) == jobs[8]
+    assert fast[6].model.width1 == 24 and fast[6].seed == 1  # the preset, its own seed
 
 
 def rows(run_dir: Path) -> list[dict]:

@@ -36,19 +36,19 @@ def reference(args: list[str], tmp_path: Path, name: str) -> list[dict]:
     return metrics(run_dir)
 
 
-def release_when_requeued(job_id: str, proc: subprocess.Popen, timeout: float = 300) -> bool:
-    """Wait until the job is pending again (requeued) and start it now; False if it never was."""
+def release_when_requeued(job_id: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Once the requeued job is held (pending, reason BeginTime), start it now. A Slurm that
+    does not hold it starts it by itself: the test's assertions are the same either way."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        reason = subprocess.run(
+        state = subprocess.run(
             ["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True
         ).stdout.split()
-        if reason[:1] == ["PENDING"]:
+        if state == ["PENDING", "BeginTime"]:
             update = ["scontrol", "update", f"JobId={job_id}", "StartTime=now"]
-            subprocess.run(update, check=True, timeout=30)
-            return True
+            subprocess.run(update, capture_output=True, timeout=30)  # it may have started
+            return
         time.sleep(0.2)
-    return False
 
 
 def test_a_signal_delay_that_leaves_a_job_no_time_is_one_line_before_submitting(tmp_path):
@@ -122,10 +122,9 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_finishes_on_its_own(slur
     wait_for_epoch(run_dir, 1, proc, timeout=300)
     (job,) = jobs_of(sweep).values()
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=30)
-    held = release_when_requeued(job["job_id"], proc)
+    release_when_requeued(job["job_id"], proc)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
-    assert held, "the job was never pending after its requeue"
     log = (run_dir / "train.log").read_text()
     assert "signal 12: stopping after this batch" in Path(job["log"]).read_text()
     assert "resuming" in log and "this job is timed-out" in Path(job["log"]).read_text(), log
