@@ -198,15 +198,18 @@ def test_jobs_that_differ_in_values_are_composed_once_as_hydra_composes_them(dat
         ["lr=3e-4", "data.augment.hflip=false"],  # a copy, a value back to its default
         ["lr=0.1", "+extra=1"],  # an added key: composed
         ["lr=0.2", "+extra=2"],  # another added value: composed
+        ["ema.decay=0.9", "ema={decay:0.5}"],  # a dict after a plain value of its key...
+        ["ema.decay=0.99", "ema={decay:0.5}"],  # ...wins in Hydra's order: composed
     ]
     fast = compose_jobs(loader, master, jobs)
-    assert loader.calls == 7
+    assert loader.calls == 9
     for job, config in zip(jobs, fast, strict=True):
         assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(loader.load_sweep_config(master, job))
     assert [c.seed for c in fast[:3]] == [0, 1, 2]  # copies, not views of one config
     assert fast[1].hydra.job.override_dirname == "lr=0.001,seed=1"
     assert list(fast[8].hydra.overrides.task) == jobs[8]
     assert fast[6].model.width1 == 24 and fast[6].seed == 1  # the preset, its own seed
+    assert fast[12].ema.decay == 0.5
 
 
 def rows(run_dir: Path) -> list[dict]:
