@@ -63,13 +63,15 @@ def _hydra(config: DictConfig | None = None) -> Iterator[None]:
 
 def compose(overrides: Sequence[str] | None = None, config_dir: str | Path | None = None) -> Any:
     """The config `python train.py OVERRIDES` gets (with `--config-dir CONFIG_DIR`: a folder of
-    your own presets, in conf/'s group layout), resolved, with its run directory chosen; the
+    your own presets, in conf/'s group layout), resolved (`eval_every: ${epochs}` kept as that
+    link: `fmnist.config.resolve`), with its run directory chosen; the
     Hydra node (`cfg.hydra`) rides along for the run's .hydra/ files."""
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     import fmnist.resolvers  # noqa: F401  (the resolvers conf/ uses)
+    from fmnist.config import resolve
 
     given = [str(o) for o in overrides or []]
     if not any(o.startswith("hydra.run.dir=") for o in given):  # calls within one second apart
@@ -83,7 +85,7 @@ def compose(overrides: Sequence[str] | None = None, config_dir: str | Path | Non
             cfg.hydra.runtime.output_dir = str(Path(str(cfg.hydra.run.dir)).absolute())
         task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         with _hydra(cfg):
-            OmegaConf.resolve(task)  # `${hydra:...}` and the clock, as in this call
+            resolve(task)  # `${hydra:...}` and the clock, as in this call
         with read_write(task), open_dict(task):
             task.hydra = cfg.hydra
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
@@ -95,7 +97,7 @@ def train(cfg_or_overrides: Any = None, config_dir: str | Path | None = None) ->
     """Train one run into its own directory (the config's `output_dir`) and return it. A run
     that completed before is returned as it is; one cut short is resumed."""
     from fmnist.engine.runner import train as train_run
-    from fmnist.main import EXPECTED
+    from fmnist.errors import EXPECTED
 
     cfg = cfg_or_overrides
     if not isinstance(cfg, DictConfig):

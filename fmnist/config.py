@@ -6,20 +6,16 @@ checks that a type cannot express and turns them into one-line `ConfigError`s.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from fmnist.errors import ConfigError
 from fmnist.metrics import OBJECTIVES
-
-
-class ConfigError(ValueError):
-    """A config value that composes but cannot be used; the message names key and allowed values."""
 
 
 class Loader(str, Enum):
@@ -133,7 +129,9 @@ class TrainConfig:
     monitor: str = key("val_accuracy", member=True)
     tta: bool = False  # evaluate on the mean of each image and its mirror image
     tta_translate: int = 0  # with tta, also both views shifted by +-N pixels (multi-crop); 0 = off
-    eval_every: int = 1  # evaluate val and test every N epochs and at the last one; 1 = each
+    # evaluate val and test every N epochs and at the last one; 1 = each; ${epochs} (EVAL_ONCE):
+    # once, after the last epoch, whatever the epochs (a budget's choice, `epochs=N`)
+    eval_every: int = 1
     # cap batches per epoch (quick tests); None = all
     limit_train_batches: int | None = key(None, named=False)
     limit_test_batches: int | None = key(None, named=False)
@@ -166,6 +164,27 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+EVAL_ONCE = "${epochs}"  # eval_every's link to epochs: evaluated once, at the end
+
+
+def resolve(cfg: DictConfig) -> None:
+    """`OmegaConf.resolve` in place, except that `eval_every: ${epochs}` stays a link: "once,
+    at the end" must still mean it after a budget or the command line changes the epochs."""
+    once = evaluated_once(cfg)
+    OmegaConf.resolve(cfg)
+    if once:
+        with read_write(cfg), open_dict(cfg):
+            cfg.eval_every = EVAL_ONCE
+
+
+def evaluated_once(cfg: DictConfig) -> bool:
+    """Whether the run evaluates once, after its last epoch, whatever its epochs (EVAL_ONCE)."""
+    node = cfg._get_node("eval_every")
+    return node is not None and node._value() == EVAL_ONCE
+
+
+MAX_BUDGET_MIN = 7 * 24 * 60  # budget_min at most a week: a longer run is sized in epochs
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -175,16 +194,27 @@ def _check(ok: bool, key: str, value: Any, rule: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Range checks that the schema's types cannot express."""
+    """Range checks that the schema's types cannot express; a value that cannot be read as its
+    type (an interpolation to another: `eval_every=${lr}`) is one line too."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        _check_ranges(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
+
+
+def _check_ranges(cfg: DictConfig) -> None:
     _check(cfg.lr > 0, "lr", cfg.lr, "must be a number > 0, e.g. lr=0.01")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be an integer >= 1")
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "must be an integer >= 1")
     budget = cfg.budget_min
     _check(
-        budget is None or 0 < budget < math.inf,
+        budget is None or 0 < budget <= MAX_BUDGET_MIN,
         "budget_min",
         budget,
-        "minutes of training, a number > 0 (e.g. budget_min=10), or null to train `epochs`",
+        f"minutes of training, a number > 0 and at most {MAX_BUDGET_MIN} (a week), e.g. "
+        "budget_min=10, or null to train `epochs`",
     )
     decay_epochs = cfg.weight_decay_epochs
     _check(

@@ -18,23 +18,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import fmnist.resolvers  # noqa: F401  (registers the resolvers conf/ uses)
-from fmnist.config import ConfigError
-from fmnist.data import DataError
-from fmnist.engine.runner import train
-from fmnist.engine.step import NonFiniteLossError
-from fmnist.models import ModelError
+from fmnist.config import validate
+from fmnist.errors import EXPECTED, NonFiniteLossError
 from fmnist.paths import conf_dir
-from fmnist.run.directory import RunDirError
 from fmnist.run.status import objective
 
 CONF_DIR = str(conf_dir())  # the wheel's fmnist/conf, or the checkout's conf/
-EXPECTED = (
-    ConfigError,
-    DataError,
-    NonFiniteLossError,
-    ModelError,
-    RunDirError,
-)  # one line, no traceback
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -42,6 +31,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     """Returns the objective (what an optimizing sweeper maximizes or minimizes)."""
     hydra_cfg = HydraConfig.get()
     try:
+        validate(cfg)  # before torch is imported (~3 s): a value out of range is one line at once
+        from fmnist.engine.runner import train
+
         train(cfg, overrides=list(hydra_cfg.overrides.task), hydra_cfg=hydra_cfg)
     except (*EXPECTED, OSError) as exc:
         if hydra_cfg.mode != RunMode.RUN:

@@ -44,9 +44,9 @@ def auto_threads() -> int:
     if not n_jobs:
         return cores
     at_once = cores if n_jobs < 0 else int(n_jobs)
-    batch = HydraConfig.get().sweeper.get("n_jobs")  # an Optuna search launches this many
-    if isinstance(batch, int) and batch >= 1:
-        at_once = min(at_once, batch)
+    sweeper = HydraConfig.get().sweeper
+    if "n_trials" in sweeper:  # an Optuna search launches n_jobs at once (null: 1 in batches)
+        at_once = min(at_once, sweeper.get("n_jobs") or 1)
     return max(1, cores // at_once)
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -100,23 +101,32 @@ def run_module(
     )
 
 
+SWEEP4 = ["-m", "lr=0.01,0.001", "batch_size=100,1000", "epochs=2", "limit_train_batches=4"]
+SWEEP4 += ["limit_test_batches=2"]  # the README's sweep, cut to a few batches per epoch
+TRAINED_RUN = ["epochs=2", "limit_train_batches=300", "callbacks.tensorboard=null"]
+
+
+def run_command(module: str, *args: object, capsys: pytest.CaptureFixture) -> Any:
+    """`fmnist-MODULE ARGS` in this process, through its own `main(argv)`: for tests of what a
+    command computes and prints, not of its process (each start-up costs ~4 s: torch)."""
+    from importlib import import_module
+
+    main = import_module(f"fmnist.commands.{module}").main
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args]) or 0
+    except SystemExit as exc:  # argparse's own exits
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([module, *map(str, args)], code, out, err)
+
+
 @pytest.fixture(scope="session")
 def sweep4(tmp_path_factory, data_root) -> Path:
     """A real 4-job sweep, as typed in the README, cut to a few batches per epoch."""
     cwd = tmp_path_factory.mktemp("sweep4")
     sweep_dir = cwd / "sweep"
-    run_train(
-        [
-            "-m",
-            "lr=0.01,0.001",
-            "batch_size=100,1000",
-            "epochs=2",
-            "limit_train_batches=4",
-            "limit_test_batches=2",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        cwd=cwd,
-    )
+    run_train([*SWEEP4, f"hydra.sweep.dir={sweep_dir}"], cwd=cwd)
     return sweep_dir
 
 
@@ -125,15 +135,7 @@ def trained_run(tmp_path_factory, data_root) -> Path:
     """A short real run (2 epochs of 300 batches) with checkpoints and full test evaluation."""
     cwd = tmp_path_factory.mktemp("trained")
     run_dir = cwd / "run"
-    run_train(
-        [
-            "epochs=2",
-            "limit_train_batches=300",
-            "callbacks.tensorboard=null",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=cwd,
-    )
+    run_train([*TRAINED_RUN, f"hydra.run.dir={run_dir}"], cwd=cwd)
     return run_dir
 
 

@@ -96,7 +96,8 @@ def test_two_sweeps_in_the_same_second_do_not_share_a_directory(tmp_path):
         )
         for _ in range(2)
     ]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [0, 0], [p.stderr.read()[-2000:] for p in procs]
     assert len(list((tmp_path / "outputs" / "sweeps").glob("*/*"))) == 2
 
 
@@ -114,6 +115,11 @@ def test_two_sweeps_in_the_same_second_do_not_share_a_directory(tmp_path):
         (["optimizer=nope"], "adamw"),
         (["colour=red"], "colour"),
         (["runtime.cuda_graphs=true", "device=cpu"], "runtime.cuda_graphs=true needs a CUDA"),
+        (["eval_every=${lr}"], "'0.01' of type 'float' could not be converted to Integer"),
+        (
+            ["-m", "hparams_search=optuna", "hydra.sweeper.n_jobs=0"],
+            "n_jobs >= 1 or null (the pool's slots, else 1)",
+        ),
     ],
 )
 def test_bad_input_is_a_short_error_without_traceback(tmp_path, args, needle):
@@ -136,3 +142,24 @@ def test_diverging_single_run_is_one_clear_line(tmp_path):
     assert "Traceback" not in done.stdout + done.stderr
     assert "Traceback" in (run_dir / "train.log").read_text()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
+    """A typo costs a second, not torch's import (3 s on a slow CPU): the command line, the
+    schema and the metric table import no torch, and a value out of range fails before it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "train.py"), "lr=0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "error: lr=0.0 is invalid" in done.stderr, done.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+    assert "fmnist.config" in imported and "fmnist.metrics" in imported
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]

@@ -46,6 +46,36 @@ def one_line_error(done: subprocess.CompletedProcess, needle: str, code: int = 2
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
 
 
+def at_once(
+    commands: dict[str, list], cwd: Path | None = None
+) -> dict[str, subprocess.CompletedProcess]:
+    """`python ARGS` for each command, all started together: a run refused before it trains costs
+    its start-up (imports) alone, which two cores do two at a time."""
+    env = {**os.environ, "FMNIST_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
+    procs = {
+        key: subprocess.Popen(
+            [sys.executable, *map(str, args)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for key, args in commands.items()
+    }
+    done = {}
+    try:
+        for key, proc in procs.items():
+            out, err = proc.communicate(timeout=300)
+            done[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():  # none left behind by a timeout
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("finished")
@@ -66,32 +96,26 @@ def test_refusing_a_different_run_writes_nothing(finished, tmp_path):
     assert snapshot(finished) == before  # .hydra/ and train.log included: byte for byte
 
 
-@pytest.mark.parametrize("changed", ["monitor=val_loss", "ema.every=3", "eval_every=2"])
-def test_a_changed_identity_value_is_refused_naming_it_and_writes_nothing(
-    finished, tmp_path, changed
-):
+def test_a_changed_identity_value_is_refused_naming_it_and_writes_nothing(finished, tmp_path):
     """What a run trains or selects under (the schema's `identity` fact): training it further
-    under another value would resume a checkpoint selected under the old one."""
+    under another value would resume a checkpoint selected under the old one. All changed in one
+    run: the refusal names every key that differs, so each key must be named on its own."""
+    changed = ["monitor=val_loss", "ema.every=3", "eval_every=2"]
     before = snapshot(finished)
-    args = [changed, "epochs=2", "limit_train_batches=3", *QUICK, f"hydra.run.dir={finished}"]
+    args = [*changed, "epochs=2", "limit_train_batches=3", *QUICK, f"hydra.run.dir={finished}"]
     done = run_train(args, cwd=tmp_path, check=False)
-    one_line_error(done, f"already holds a different run ({changed.split('=')[0]}: ")
+    one_line_error(done, "already holds a different run (")
+    diff = done.stderr.split("already holds a different run (", 1)[1].split("); ", 1)[0]
+    named = {item.split(": ", 1)[0] for item in diff.split(", ")}
+    assert {c.split("=")[0] for c in changed} <= named, diff
     assert snapshot(finished) == before
-
-
-def test_a_changed_machine_setting_resumes(finished, tmp_path):
-    """runtime.* and device may differ on resume: a requeued job may land on another node."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished, run_dir)
-    args = ["runtime.threads=1", "epochs=2", "limit_train_batches=3", *QUICK]
-    done = run_train([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert "resuming" in done.stdout + done.stderr
-    assert json.loads((run_dir / "status.json").read_text())["last_epoch"] == 2
 
 
 def test_a_run_recorded_before_a_key_was_added_resumes_with_its_null(finished, tmp_path):
     """A status.json written before `budget_min` and `weight_decay_epochs` existed: null is what
-    that package did, so the run resumes; another value is refused naming the key."""
+    that package did, so the run resumes; another value is refused naming the key. It resumes
+    under another runtime.threads too: runtime.* and device may differ on resume (a requeued job
+    may land on another node); one resume checks both."""
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     status = json.loads((run_dir / "status.json").read_text())
@@ -103,9 +127,11 @@ def test_a_run_recorded_before_a_key_was_added_resumes_with_its_null(finished, t
     done = run_train(["weight_decay_epochs=3", *args], cwd=tmp_path, check=False)
     one_line_error(done, "different run (weight_decay_epochs: (unset) -> 3)")
     assert snapshot(run_dir) == before
-    done = run_train(args, cwd=tmp_path)
+    done = run_train(["runtime.threads=1", *args], cwd=tmp_path)
     assert "resuming" in done.stdout + done.stderr
     assert json.loads((run_dir / "status.json").read_text())["last_epoch"] == 2
+    rows = json.loads((run_dir / "results.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]  # a completed run (no schedule) trained on
 
 
 def test_a_second_process_is_refused_at_once_with_the_owners_pid(tmp_path):
@@ -176,12 +202,18 @@ def test_a_config_naming_foreign_code_is_refused(finished, tmp_path):
     ckpt = torch.load(hostile / "checkpoints" / "best.pt", weights_only=True)
     ckpt["model_config"] = {"target": "os.system", "kwargs": {"command": f"touch {marker}"}}
     torch.save(ckpt, hostile / "checkpoints" / "best.pt")
-    for module, extra in (
-        ("evaluate", []),
-        ("predict", [ROOT / "docs/examples/bag.png"]),
-        ("export", []),
-    ):
-        one_line_error(cli(module, hostile, *extra), "is not one of this package's models")
+    refused = at_once(
+        {
+            module: ["-m", f"fmnist.commands.{module}", hostile, *extra]
+            for module, extra in (
+                ("evaluate", []),
+                ("predict", [ROOT / "docs/examples/bag.png"]),
+                ("export", []),
+            )
+        }
+    )
+    for done in refused.values():
+        one_line_error(done, "is not one of this package's models")
     overrides = hostile / ".hydra" / "overrides.yaml"
     overrides.write_text(f"- model._target_=os.system\n- +model.command=touch {marker}\n")
     done = run_train([f"resume={hostile}"], cwd=tmp_path, check=False)
@@ -203,26 +235,34 @@ def interrupted(tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "pickle"])
-def test_a_damaged_last_checkpoint_falls_back_and_the_run_goes_on(interrupted, tmp_path, damage):
+@pytest.mark.parametrize(
+    "damages",  # last.pt's, then best.pt's: with both damaged, the run starts over
+    [("truncated",), ("garbage", "empty"), ("pickle",)],
+    ids=["truncated", "garbage-then-empty", "pickle"],
+)
+def test_a_damaged_last_checkpoint_falls_back_and_the_run_goes_on(interrupted, tmp_path, damages):
     run_dir = tmp_path / "run"
     shutil.copytree(interrupted, run_dir)
     args = [*DAMAGED, f"hydra.run.dir={run_dir}"]
-    last = run_dir / "checkpoints" / "last.pt"
-    data = last.read_bytes()
-    last.write_bytes(
-        {
-            "truncated": data[: len(data) // 2],
-            "garbage": os.urandom(5000),
-            "empty": b"",
-            "pickle": b"\x80\x04cos\nsystem\n.",
-        }[damage]
-    )
+    damaged = [run_dir / "checkpoints" / f"{w}.pt" for w in ("last", "best")[: len(damages)]]
+    for path, damage in zip(damaged, damages, strict=True):
+        data = path.read_bytes()
+        path.write_bytes(
+            {
+                "truncated": data[: len(data) // 2],
+                "garbage": os.urandom(5000),
+                "empty": b"",
+                "pickle": b"\x80\x04cos\nsystem\n.",
+            }[damage]
+        )
     done = run_train(args, cwd=tmp_path, check=False)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
-    assert f"{last} is damaged or not a checkpoint" in out and "Traceback" not in out
+    for path in damaged:
+        assert f"{path} is damaged or not a checkpoint" in out, path
+    assert "Traceback" not in out
     assert "weights_only=False" not in out  # torch's unsafe hint is not passed on
+    assert ("starting the run over" in out) == (len(damaged) == 2)
     rows = json.loads((run_dir / "results.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
@@ -239,12 +279,9 @@ def test_a_run_that_failed_before_training_is_rerun_after_the_fix(tmp_path):
         env=no_source,
     )
     assert failed.returncode == 2 and "Fashion-MNIST not found" in failed.stderr
-    run_dir.mkdir(exist_ok=True)
-    (run_dir / "status.json").write_text(
-        json.dumps({"status": "failed", "error": {"type": "DataError"}})
-    )
-    fixed = run_train(args, cwd=tmp_path)  # the same directory, the data now found
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed", fixed.stderr
+    # the rerun after the fix is the sweep's below (the same plan as a single run's): one job's
+    # directory holds the bare status of a run that failed before training, the other the one
+    # the sweep's report wrote
     sweep = tmp_path / "sweep"
     sargs = [
         "-m",
@@ -259,6 +296,9 @@ def test_a_run_that_failed_before_training_is_rerun_after_the_fix(tmp_path):
         sargs, cwd=tmp_path, check=False, env={**no_source, "FMNIST_DATA": str(bad_root)}
     )
     assert broken.returncode != 0 and "2 of 2 jobs did not complete" in broken.stderr
+    min(sweep.rglob("status.json")).write_text(  # one job: no run name, no epoch, no message
+        json.dumps({"status": "failed", "error": {"type": "DataError"}})
+    )
     run_train(sargs, cwd=tmp_path)  # the data is back: the same two jobs train
     statuses = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
     assert statuses == ["completed"] * 2

@@ -99,23 +99,24 @@ def test_an_error_of_the_shared_step_fails_every_member_in_its_own_files_and_a_r
     from fmnist.engine.fused_step import FusedStep
     from fmnist.sweeps.fused.group import Member, train_group
 
+    jobs = []  # composed once (~0.5 s each); each group below gets fresh copies
+    for seed in (0, 1):
+        overrides = [
+            f"seed={seed}",
+            "epochs=2",
+            "limit_train_batches=4",
+            "limit_test_batches=1",
+        ]
+        cfg = compose_cfg(
+            [*overrides, "callbacks=none"], data_root, output_dir=tmp_path / f"s{seed}"
+        )
+        task = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        with open_dict(task):
+            del task["hydra"]
+        jobs.append((task, overrides, f"s{seed}"))
+
     def members() -> list[Member]:
-        out = []
-        for seed in (0, 1):
-            overrides = [
-                f"seed={seed}",
-                "epochs=2",
-                "limit_train_batches=4",
-                "limit_test_batches=1",
-            ]
-            cfg = compose_cfg(
-                [*overrides, "callbacks=none"], data_root, output_dir=tmp_path / f"s{seed}"
-            )
-            task = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-            with open_dict(task):
-                del task["hydra"]
-            out.append(Member(task, overrides, f"s{seed}"))
-        return out
+        return [Member(copy.deepcopy(task), list(o), name) for task, o, name in jobs]
 
     real, calls = FusedStep.step, []
 

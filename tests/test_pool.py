@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fmnist.sweeps.pool import PoolSettingError, check_settings, plan_slots
+from fmnist.sweeps.slots import PoolSettingError, check_settings, plan_slots
 from tests.conftest import run_train
 from tests.test_resume import metrics, start
 
@@ -35,15 +35,61 @@ def test_slots_share_out_gpus_and_cores():
     slots, _ = plan_slots(0, list(range(32)), None, 1, None)
     assert len(slots) == 8 and all(len(s.cpus) == 4 for s in slots)
     assert len(plan_slots(0, [0, 1, 2, 3], 3, 1, 2)[0]) == 2  # never more slots than cores allow
+    assert len(plan_slots(1, [0, 1], 4, 1, None)[0]) == 1  # slots caps: never 2 jobs on a GPU...
+    assert len(plan_slots(1, [0, 1], None, 2, None)[0]) == 2  # ...unless jobs_per_device says so
 
 
 @pytest.mark.parametrize(
-    "settings", [(0, 1, None), (None, 0, None), (None, 1, 0), (-2, 1, None), ("x", 1, None)]
+    "settings",
+    [
+        (0, 1, None),
+        (None, 0, None),
+        (None, 1, 0),
+        (-2, 1, None),
+        ("x", 1, None),
+        (None, 1, None, -1),
+        (None, 1, None, "0,1"),
+    ],
 )
 def test_settings_that_cannot_work_are_one_line(settings):
     with pytest.raises(PoolSettingError, match=r"hydra\.launcher\.\w+=\S+ is invalid"):
         check_settings(*settings)
     check_settings(None, 1, None)  # the defaults
+    check_settings(None, 1, None, 0)  # devices=0: cores only, on a GPU machine too
+
+
+def test_a_job_no_worker_can_start_for_fails_alone_and_frees_its_slot(monkeypatch, caplog):
+    """A slot whose worker cannot start even anew (the machine out of processes or memory):
+    each job given to it is reported failed in one line, none is lost, the slot stays usable."""
+    import errno
+    from concurrent.futures.process import BrokenProcessPool
+    from types import SimpleNamespace
+
+    from fmnist.sweeps.pool import Pool
+
+    settings = dict(slots=1, jobs_per_device=1, cores_per_slot=1, devices=0)
+    pool = Pool(SimpleNamespace(**settings, hydra_context=None, config=None, task_function=None))
+    starts = []
+
+    class Unstartable:
+        def submit(self, *args):
+            starts.append(args[0])
+            if len(starts) % 2:  # a dead worker's executor, then a new one that cannot spawn
+                raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        def shutdown(self, wait, kill_workers):
+            pass
+
+    monkeypatch.setattr(pool, "_executor", lambda slot: Unstartable())
+    handles = [pool.submit([f"seed={i}"], i) for i in range(2)]
+    ended = pool.wait_any()
+    assert ended == handles and not pool.running and len(starts) == 4  # each tried twice
+    for handle in handles:
+        assert handle.ret.status.name == "FAILED"
+        assert "Resource temporarily unavailable" in str(handle.ret._return_value)
+    assert [s.index for s in pool.free] == [0] and pool.wait_any() == []
+    assert caplog.text.count("failed: no worker process could start") == 2
 
 
 @pytest.mark.slow
@@ -89,10 +135,10 @@ def when(stamp: str) -> float:
 
 @pytest.mark.slow
 def test_a_search_over_the_pool_starts_a_trial_while_a_long_one_still_runs(tmp_path, data_root):
-    sweep = tmp_path / "search"
+    sweep = tmp_path / "search"  # n_jobs left out: as many trials at once as the pool has slots
     run_train(
         ["hparams_search=optuna", "hydra/launcher=pool", "hydra.launcher.slots=2"]
-        + ["hydra.launcher.cores_per_slot=1", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4"]
+        + ["hydra.launcher.cores_per_slot=1", "hydra.sweeper.n_trials=4"]
         + ["hydra.sweeper.pruner=none", "epochs=1", "limit_test_batches=1", "data.val_size=1000"]
         + ["hydra.sweeper.params.lr=0.01", "hydra.sweeper.params.batch_size=100"]
         + ["hydra.sweeper.params.optimizer=adam"]

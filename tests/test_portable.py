@@ -235,22 +235,24 @@ def test_the_wheel_runs_from_an_empty_folder_without_the_checkout(installed, tmp
     )
     assert cache.stdout.strip() == str(tmp_path / "cache" / "fmnist")  # the per-user folder
 
-    _run([bin_dir / "fmnist-train", *TINY], cwd=work, env=env)
-    (single,) = (work / "outputs" / "runs").glob("*/*")
-    assert json.loads((single / "status.json").read_text())["status"] == "completed"
+    mine = work / "mine" / "experiment"  # a user's own preset, the package untouched
+    mine.mkdir(parents=True)
+    (mine / "tiny.yaml").write_text(
+        "# @package _global_\nlr: 0.005\nepochs: 1\nlimit_train_batches: 3\n"
+    )
+    own = ["--config-dir", work / "mine", "experiment=tiny", *TINY[2:]]
+    _run([bin_dir / "fmnist-train", *own], cwd=work, env=env)
+    (single,) = (work / "outputs" / "runs").glob("*/*")  # the default place, under the cwd
+    status = json.loads((single / "status.json").read_text())
+    assert status["status"] == "completed" and status["hparams"]["lr"] == 0.005
     assert (
         json.loads((single / "provenance.json").read_text())["git"]["commit"] is None
     )  # no checkout
 
-    sweep = work / "sweep"
-    _run(
-        [bin_dir / "fmnist-train", "-m", "lr=0.01,0.001", *TINY, f"hydra.sweep.dir={sweep}"],
-        cwd=work,
-        env=env,
-    )
-    compared = _run([bin_dir / "fmnist-compare", sweep, "--no-write"], cwd=work, env=env)
-    assert "lr=0.01" in compared.stdout and "lr=0.001" in compared.stdout
-    job = sweep / "epochs=1,lr=0.01"
+    fused = plugins_run_from(bin_dir, work, env)  # a 2-job sweep through the package's plugin
+    compared = _run([bin_dir / "fmnist-compare", fused, "--no-write"], cwd=work, env=env)
+    assert "seed=0" in compared.stdout and "seed=1" in compared.stdout
+    job = fused / "epochs=1,seed=0"
     evaluated = _run([bin_dir / "fmnist-evaluate", job], cwd=work, env=env)
     assert "accuracy" in evaluated.stdout
     image = work / "trousers.png"
@@ -273,31 +275,11 @@ def test_the_wheel_runs_from_an_empty_folder_without_the_checkout(installed, tmp
         env=env,
     )
     assert "FmnistSlurmLauncher" in launcher.stdout  # the Hydra plugin came with the wheel
-    plugins_run_from(bin_dir, work, env)
-    mine = work / "mine" / "experiment"  # a user's own preset, the package untouched
-    mine.mkdir(parents=True)
-    (mine / "tiny.yaml").write_text(
-        "# @package _global_\nlr: 0.005\nepochs: 1\nlimit_train_batches: 3\n"
-    )
-    _run(
-        [
-            bin_dir / "fmnist-train",
-            "--config-dir",
-            work / "mine",
-            "experiment=tiny",
-            "limit_test_batches=1",
-            "callbacks.progress.bar=false",
-            f"hydra.run.dir={work / 'own'}",
-        ],
-        cwd=work,
-        env=env,
-    )
-    assert json.loads((work / "own" / "status.json").read_text())["hparams"]["lr"] == 0.005
 
 
-def plugins_run_from(bin_dir: Path, work: Path, env: dict[str, str]) -> None:
+def plugins_run_from(bin_dir: Path, work: Path, env: dict[str, str]) -> Path:
     """The package's own Hydra plugins, found from a folder outside the checkout: a 2-job fused
-    sweep and a 2-trial Optuna search through the console script."""
+    sweep (its directory returned) and a 2-trial Optuna search through the console script."""
     fused = work / "fused"
     done = _run(
         [bin_dir / "fmnist-train", "-m", "hydra/launcher=fused", "hydra.launcher.probe=false"]
@@ -324,6 +306,7 @@ def plugins_run_from(bin_dir: Path, work: Path, env: dict[str, str]) -> None:
     assert "Best value" in search.stdout and (work / "search" / "optuna.journal").is_file()
     trials = sorted(p.parent.name for p in (work / "search").glob("trial_*/status.json"))
     assert trials == ["trial_000", "trial_001"], trials
+    return fused
 
 
 @pytest.mark.slow

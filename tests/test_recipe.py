@@ -18,7 +18,7 @@ from fmnist.engine.schedulers import triangle
 from fmnist.hparams import flat_hparams
 from fmnist.models.air_cnn import AirCNN, Whitening
 from fmnist.tta import shift, tta_logits, views
-from tests.conftest import compose_cfg, run_module
+from tests.conftest import compose_cfg, run_command
 
 AIR = ["model=air_cnn", "model.width1=8", "model.width2=16", "model.width3=16"]
 
@@ -105,7 +105,9 @@ def test_tta_views_weigh_one_and_match_between_torch_and_numpy():
 
 
 @pytest.mark.slow
-def test_multi_crop_tta_gives_a_translated_image_nearly_the_same_prediction(data_root, tmp_path):
+def test_multi_crop_tta_gives_a_translated_image_nearly_the_same_prediction(
+    data_root, tmp_path, capsys
+):
     """A real (short) air_cnn run with flip + 1-pixel TTA; its checkpoint, fmnist-evaluate and
     fmnist-predict use and record the same TTA, and a copy of each test image shifted by one
     pixel gets nearly the same TTA prediction."""
@@ -145,7 +147,7 @@ def test_multi_crop_tta_gives_a_translated_image_nearly_the_same_prediction(data
         distance,
         distance_plain,
     )
-    out = run_module("evaluate", run_dir, cwd=tmp_path)
+    out = run_command("evaluate", run_dir, capsys=capsys)  # its main(), in this process
     assert "with flip + 1-pixel shift TTA" in out.stdout
     result = json.loads((run_dir / "evaluation.json").read_text())
     assert result["tta_translate"] == 1 and result["tta"] is True
@@ -153,7 +155,7 @@ def test_multi_crop_tta_gives_a_translated_image_nearly_the_same_prediction(data
     trained_as = (probs[True, 0].argmax(1) == labels).float().mean().item()
     assert trained_as == pytest.approx(row["test_accuracy"], abs=1e-6)  # the same TTA as training
     assert abs(result["accuracy"] - trained_as) < 0.05  # all 10,000 images against the first 1,000
-    off = run_module("evaluate", run_dir, "--tta-translate", "0", cwd=tmp_path)
+    off = run_command("evaluate", run_dir, "--tta-translate", "0", capsys=capsys)
     assert "with flip TTA:" in off.stdout
 
 

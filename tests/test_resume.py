@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import DATA, ROOT, run_train
+from tests.conftest import DATA, ROOT, SWEEP4, TRAINED_RUN, run_train
 
 pytestmark = pytest.mark.slow
 QUICK = ["limit_test_batches=2"]
@@ -74,8 +75,9 @@ def test_kill9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_at_a_batch_and_saves(tmp_path, sig):
     run_dir = tmp_path / "run"
+    # 100 batches an epoch: the signal lands with 19 epochs still to train, even on a fast CPU
     proc = start(
-        ["epochs=20", "limit_train_batches=200", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path
+        ["epochs=20", "limit_train_batches=100", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path
     )
     wait_for_epoch(run_dir, 1, proc)
     proc.send_signal(sig)
@@ -121,31 +123,23 @@ def test_sweep_with_a_diverging_job_reports_it_and_resumes(tmp_path):
     assert "NonFiniteLossError" in json.loads((bad / "status.json").read_text())["error"]["type"]
 
 
-def test_rerunning_a_finished_sweep_trains_nothing(tmp_path):
+def test_rerunning_a_finished_sweep_trains_nothing(sweep4, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    args = [
-        "-m",
-        "lr=0.01,0.001",
-        "epochs=1",
-        "limit_train_batches=3",
-        *QUICK,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    run_train(args, cwd=tmp_path)
+    shutil.copytree(sweep4, sweep_dir)  # the session's finished 4-job sweep, left untouched
+    args = [*SWEEP4, f"hydra.sweep.dir={sweep_dir}"]  # its command, into the copy
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
+    assert len(stamps) == 4
     done = run_train(args, cwd=tmp_path)
-    assert (done.stdout + done.stderr).count("nothing to do") == 2
+    assert (done.stdout + done.stderr).count("nothing to do") == 4
     assert stamps == {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
 
 
-def test_a_directory_holding_another_run_is_not_overwritten(tmp_path):
+def test_a_directory_holding_another_run_is_not_overwritten(trained_run, tmp_path):
     run_dir = tmp_path / "run"
-    run_train(
-        ["epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path
-    )
+    shutil.copytree(trained_run, run_dir)  # the session's finished run, left untouched
     before = (run_dir / "results.json").read_text()
-    done = run_train(
-        ["lr=0.5", "epochs=1", "limit_train_batches=2", *QUICK, f"hydra.run.dir={run_dir}"],
+    done = run_train(  # its command but for lr
+        ["lr=0.5", *TRAINED_RUN, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,
         check=False,
     )
@@ -154,23 +148,29 @@ def test_a_directory_holding_another_run_is_not_overwritten(tmp_path):
     assert (run_dir / "results.json").read_text() == before
 
 
-@pytest.mark.parametrize("scheduler", ["none", "onecycle"])
-def test_resume_a_completed_run_with_more_epochs(tmp_path, scheduler):
-    """With a schedule, trained on is as long as the new epochs say: one-cycle ends at its end."""
-    run_dir = tmp_path / "run"
-    first = ["epochs=1", "limit_train_batches=3", f"scheduler={scheduler}", *QUICK]
-    run_train([*first, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    run_train([f"resume={run_dir}", "epochs=2"], cwd=tmp_path)
+def test_resume_a_completed_run_with_more_epochs(tmp_path):
+    """With a schedule, trained on is as long as the new epochs say: one-cycle ends at its end.
+    (Without one, a completed run trained on: tests/test_faults.py's old-status resume.)"""
+    run_dir, fresh = tmp_path / "run", tmp_path / "fresh"
+    first = ["epochs=1", "limit_train_batches=3", "scheduler=onecycle", *QUICK]
+    # a run of 2 epochs from the start, meanwhile: the runs are start-up more than training
+    reference = start([*first, "epochs=2", f"hydra.run.dir={fresh}"], cwd=tmp_path)
+    try:
+        run_train([*first, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        run_train([f"resume={run_dir}", "epochs=2"], cwd=tmp_path)
+        out, _ = reference.communicate(timeout=300)
+        assert reference.returncode == 0, out[-3000:]
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
     rows = metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
-    if scheduler == "onecycle":  # the learning rates a run of 2 epochs from the start has
-        fresh = tmp_path / "fresh"
-        run_train([*first, "epochs=2", f"hydra.run.dir={fresh}"], cwd=tmp_path)
-        rates = [
-            [row["lr_current"] for row in json.loads((d / "results.json").read_text())]
-            for d in (run_dir, fresh)
-        ]
-        assert rates[0][1] == pytest.approx(rates[1][1], rel=1e-6)
+    rates = [  # the learning rates the run of 2 epochs from the start has
+        [row["lr_current"] for row in json.loads((d / "results.json").read_text())]
+        for d in (run_dir, fresh)
+    ]
+    assert rates[0][1] == pytest.approx(rates[1][1], rel=1e-6)
 
 
 def test_resume_of_a_non_run_is_an_error(tmp_path):

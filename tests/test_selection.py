@@ -13,8 +13,7 @@ from fmnist.commands.compare import summarize
 from fmnist.engine.runner import train
 from fmnist.engine.runtime import decide_bf16
 from fmnist.run import provenance
-from tests.conftest import ROOT, compose_cfg, run_train
-from tests.conftest import run_module as cli
+from tests.conftest import ROOT, compose_cfg, run_command
 
 
 def fake_run(run_dir, vals, tests, monitor="val_accuracy"):
@@ -99,21 +98,10 @@ def test_article_preset_selects_nothing(data_root, tmp_path):
     assert best["epoch"] == 2 and best["best"]["metric"] is None  # the last epoch
 
 
-def test_provenance_in_every_run_and_sweep_job(tmp_path):
-    sweep = tmp_path / "sweep"
-    run_train(
-        [
-            "-m",
-            "lr=0.01,0.001",
-            "epochs=1",
-            "limit_train_batches=2",
-            "limit_test_batches=1",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
-    )
-    jobs = sorted(p.parent for p in sweep.rglob("status.json"))
-    assert len(jobs) == 2
+def test_provenance_in_every_run_and_sweep_job(sweep4):
+    # the session's real sweep (lr x batch_size), only read here: no sweep of its own to pay for
+    jobs = sorted(p.parent for p in sweep4.rglob("status.json"))
+    assert len(jobs) == 4
     for job in jobs:
         record = json.loads((job / "provenance.json").read_text())
         assert record["git"]["source"] == str(ROOT)
@@ -154,21 +142,22 @@ def test_a_dirty_tree_saves_its_diff_and_no_git_still_works(tmp_path, monkeypatc
     assert installed["commit"] is None and installed["source"] == str(provenance.PACKAGE)
 
 
-def test_checkpoint_alone_evaluates_and_predicts_like_the_run(trained_run, tmp_path):
+def test_checkpoint_alone_evaluates_and_predicts_like_the_run(trained_run, tmp_path, capsys):
     alone = tmp_path / "elsewhere"
     alone.mkdir()
     shutil.copy(trained_run / "checkpoints" / "best.pt", alone / "best.pt")
+    # the commands' own main() in this process: the test is of what they compute, not start-up
 
-    on_run = cli("evaluate", trained_run)
-    on_file = cli("evaluate", alone / "best.pt")
+    on_run = run_command("evaluate", trained_run, capsys=capsys)
+    on_file = run_command("evaluate", alone / "best.pt", capsys=capsys)
     assert on_run.returncode == 0 and on_file.returncode == 0, on_file.stderr
     a = json.loads((trained_run / "evaluation.json").read_text())
     b = json.loads((alone / "evaluation.json").read_text())
     assert a["accuracy"] == b["accuracy"] and a["confusion"] == b["confusion"]
     example = ROOT / "docs" / "examples" / "trousers.png"
     p1, p2 = (
-        cli("predict", trained_run, example, "--json"),
-        cli("predict", alone / "best.pt", example, "--json"),
+        run_command("predict", trained_run, example, "--json", capsys=capsys),
+        run_command("predict", alone / "best.pt", example, "--json", capsys=capsys),
     )
     assert p1.returncode == 0 and json.loads(p1.stdout) == json.loads(p2.stdout)
     ckpt = torch.load(alone / "best.pt", weights_only=True)  # still loads without pickled code
@@ -193,19 +182,22 @@ def test_bf16_auto_decides_from_the_hardware(setting, device, flags, on):
     assert decided is on and why.startswith(f"runtime.bf16={str(setting).lower()}")
 
 
-def test_best_preset_logs_its_bf16_decision(tmp_path):
+def test_best_preset_logs_its_bf16_decision(data_root, tmp_path):
     run_dir = tmp_path / "run"
-    run_train(
+    # in-process: the decision, its log line and provenance.json are the engine's, not the CLI's
+    cfg = compose_cfg(
         [
             "experiment=best_bn_cnn",
             "epochs=1",
             "limit_train_batches=2",
             "limit_test_batches=1",
             "callbacks.tensorboard=null",
-            f"hydra.run.dir={run_dir}",
+            "callbacks.progress.bar=false",
         ],
-        cwd=tmp_path,
+        data_root,
+        output_dir=run_dir,
     )
+    train(cfg)
     first = next(
         line for line in (run_dir / "train.log").read_text().splitlines() if "parameters" in line
     )

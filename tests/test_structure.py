@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from fmnist.config import resolve
 from fmnist.engine.runner import train
 from fmnist.hparams import flat_hparams, identity, job_dirname, named, shared
 from fmnist.sweeps.report import shared_directory_keys
@@ -78,7 +79,7 @@ def test_the_identity_is_the_same_resolved_early_or_as_read(overrides, tmp_path)
     configs first: the same run must get the same identity (else a rerun is refused)."""
     cfg = compose_cfg(overrides, output_dir=tmp_path)
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    OmegaConf.resolve(task)
+    resolve(task)  # as they resolve it
     assert identity(task) == identity(cfg) and flat_hparams(task) == flat_hparams(cfg)
     assert "optimizer.lr" not in flat_hparams(task)
 

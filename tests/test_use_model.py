@@ -9,7 +9,7 @@ from PIL import Image
 from fmnist.commands.predict import load_image
 from fmnist.data.tensors import load_tensors
 from fmnist.run.checkpoint import load_trained
-from tests.conftest import DATA
+from tests.conftest import DATA, run_command
 from tests.conftest import run_module as cli
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,9 @@ def confident_examples(model, n=8):
     return tensors["test_images"][keep], probs[keep].argmax(1)
 
 
-def test_predict_matches_the_model_on_stored_inverted_and_scaled_pngs(trained_run, tmp_path):
+def test_predict_matches_the_model_on_stored_inverted_and_scaled_pngs(
+    trained_run, tmp_path, capsys
+):
     model = load_trained(trained_run).model
     images, expected = confident_examples(model)
     assert len(images) == 8
@@ -64,7 +66,7 @@ def test_predict_matches_the_model_on_stored_inverted_and_scaled_pngs(trained_ru
         ]
     stored0 = torch.from_numpy(load_image(tmp_path / "stored0.png")).squeeze(0)
     assert torch.equal(stored0, images[0].float() / 255)
-    done = cli("predict", trained_run, *paths, "--json")
+    done = run_command("predict", trained_run, *paths, "--json", capsys=capsys)  # in-process
     assert done.returncode == 0, done.stderr
     answers = json.loads(done.stdout)
     from fmnist import CLASSES

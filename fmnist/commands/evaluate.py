@@ -18,7 +18,7 @@ from fmnist import CLASSES
 from fmnist.commands.console import closed_pipe_is_fine
 from fmnist.config import DataConfig
 from fmnist.data import DataError, build_data
-from fmnist.metrics import evaluate, per_class
+from fmnist.evaluation import evaluate, per_class
 from fmnist.paths import data_root as default_root
 from fmnist.run.checkpoint import load_trained
 from fmnist.run.directory import RunDirError

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmnist.errors import DataError
 from fmnist.run.locking import FileLock
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,6 @@ FILES = (
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     ),
 )
-
-
-class DataError(RuntimeError):
-    """Data missing or damaged; the message says what to do."""
 
 
 def raw_dir(root: str | Path) -> Path:

@@ -23,10 +23,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict, read_write
 
-from fmnist.config import ConfigError
+from fmnist.config import ConfigError, evaluated_once
 from fmnist.engine.signals import StopOnSignal
 from fmnist.engine.timing import WARM_UP_STEPS, release, throwaway, time_evaluation, time_steps
 from fmnist.run.directory import RunDirError
+from fmnist.run.files import read_object
+from fmnist.run.provenance import PROVENANCE
 from fmnist.run.status import STATUS, read_status
 
 FILL = 0.9  # the expected time aims at this share of the budget: noise must not push it over
@@ -91,10 +93,12 @@ def decide(
 
 
 def recorded(run_dir: Path, minutes: float) -> Budget | None:
-    """The choice an earlier attempt of this run made (its status.json), if any (None for another
-    budget: the run's identity check names that difference); a record this package did not
-    write is refused in one line (a run directory is untrusted input)."""
-    found = (read_status(run_dir) or {}).get("budget")
+    """The choice an earlier attempt of this run made (its status.json, else provenance.json), if
+    any (None for another budget: the run's identity check names that difference); a record
+    this package did not write is refused in one line (a run directory is untrusted input)."""
+    found, where = (read_status(run_dir) or {}).get("budget"), STATUS
+    if found is None:  # a status.json rewritten without it: provenance.json has the same record
+        found, where = read_object(run_dir / PROVENANCE).get("budget"), PROVENANCE
     if found is None:
         return None
     try:
@@ -107,7 +111,7 @@ def recorded(run_dir: Path, minutes: float) -> Budget | None:
         valid = False
     if not valid:
         raise RunDirError(
-            f"{run_dir / STATUS} holds a budget record this package did not write; "
+            f"{run_dir / where} holds a budget record this package did not write; "
             "move it away or choose another directory"
         )
     return budget if budget.minutes == minutes else None
@@ -148,11 +152,16 @@ def choose(
     def cost(e: int, k: int | None) -> float:
         return e * epoch_s + row_s * e * e / 2 + math.ceil(e / (k or e)) * eval_s
 
+    def most_epochs(k: int | None) -> int:  # cost grows with e: bisect (a week's budget: 1e6+)
+        lo, hi = 0, max(0, math.floor(available_s / epoch_s))
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost(mid, k) <= available_s else (lo, mid - 1)
+        return lo
+
     k = eval_every
     for _ in range(10):  # widening K frees time for epochs, which may need a wider K: settles fast
-        e = math.floor(available_s / epoch_s)
-        while e >= 1 and cost(e, k) > available_s:
-            e -= 1
+        e = most_epochs(k)
         if e < 1:
             return None
         k_e = min(k or e, e)
@@ -165,7 +174,10 @@ def choose(
 
 
 def size_to_budget(
-    cfg: DictConfig, run_dir: Path, log: logging.Logger, stop: StopOnSignal | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    log: logging.Logger,
+    stop: StopOnSignal | None = None,
 ) -> Budget:
     """Time a throwaway copy of the run and set `cfg.epochs` and `cfg.eval_every` to fit
     `cfg.budget_min`; one line in the run's log says what was chosen and why. `stop`: a signal
@@ -185,9 +197,7 @@ def size_to_budget(
     # before its first step the run is built again and warms up again (compiles, captures)
     setup_s = timing_s + build_s + max(0.0, warm_s - WARM_UP_STEPS * step_s)
     available = FILL * budget_s - setup_s
-    # `eval_every: ${epochs}` (experiment=fast): evaluated once, at the end, whatever the epochs
-    once = cfg.eval_every == cfg.epochs > 1
-    every = None if once else cfg.eval_every
+    every = None if evaluated_once(cfg) else cfg.eval_every
     chosen = choose(epoch_s, eval_s, available, every, EVAL_SHARE * budget_s, ROW_S)
     if chosen is None:
         # timing grows with the budget (TIMING_SHARE of it): the shortest budget that fits

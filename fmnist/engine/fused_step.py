@@ -15,7 +15,7 @@ from fmnist.engine.fused_model import FusedModel, stack_inputs
 from fmnist.engine.graphs import GraphedStep
 from fmnist.engine.state import RunState
 from fmnist.engine.step import Batch, autocast
-from fmnist.metrics import Evaluation, batches
+from fmnist.evaluation import Evaluation, batches
 from fmnist.tta import tta_logits
 
 

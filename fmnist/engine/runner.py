@@ -87,7 +87,7 @@ def prepare(
     if plan.stale:
         clear_outputs(run_dir)
     if cfg.budget_min is not None and budget is None:
-        budget = budgets.size_to_budget(cfg, run_dir, run_log, stop)  # sets epochs, eval_every
+        budget = budgets.size_to_budget(cfg, run_dir, run_log, stop)  # epochs, eval
     write_hydra_files(run_dir, cfg, hydra_cfg)  # the config as it trains (a budget's epochs)
     run = build_run(cfg, run_dir, flat_hparams(cfg), run_log)
     if budget is not None:

@@ -13,13 +13,10 @@ import torch.nn.functional as F
 
 from fmnist.engine.graphs import GraphedStep
 from fmnist.engine.state import RunState
-from fmnist.metrics import evaluate
+from fmnist.errors import NonFiniteLossError
+from fmnist.evaluation import evaluate
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: training cannot recover, so the run fails."""
 
 
 class ComputeStep(Protocol):
@@ -33,7 +30,7 @@ class ComputeStep(Protocol):
         """Whether every run's running loss is finite (one look, one sync)."""
 
     def evaluate(self, loader: Any, limit: int | None, keep: list[bool], wrong: int) -> list[dict]:
-        """One evaluation result per run (`fmnist.metrics.Evaluation.result`)."""
+        """One evaluation result per run (`fmnist.evaluation.Evaluation.result`)."""
 
 
 def autocast(run: RunState) -> Any:

@@ -17,9 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-class ModelError(ValueError):
-    """A model config this package will not build; the message is one line."""
+from fmnist.errors import ModelError
 
 
 def _discover() -> dict[str, type[nn.Module]]:

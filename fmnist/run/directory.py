@@ -8,16 +8,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from fmnist.errors import RunDirError
 from fmnist.run.files import write_text
 from fmnist.run.locking import FileLock, LockHeld, holder
 
 LOCK = ".owner.lock"
 LOG = "train.log"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-
-
-class RunDirError(ValueError):
-    """This directory cannot be used as asked; the message is one line and says what to do."""
 
 
 class RunDirectory:

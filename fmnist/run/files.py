@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 
 def current_umask() -> int:
     """The process's umask (reading it means setting it: set it straight back)."""
@@ -64,6 +62,8 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch  # here: reading and writing json never needs it
+
     atomic_write(Path(path), lambda h: torch.save(obj, h))
 
 

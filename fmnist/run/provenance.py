@@ -6,6 +6,7 @@ uncommitted changes (their diff saved beside it), versions, CPU and GPU, threads
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -86,6 +87,8 @@ def collect(
         "hardware": {
             "device": str(device),
             "gpu": gpu,
+            # which physical GPUs "cuda:0..." are here (the pool launcher gives each slot its own)
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "cpu": cpu_model(),
             "cpu_flags": {f: f in flags for f in SPEED_FLAGS},
             "cores": cpu_cores(),

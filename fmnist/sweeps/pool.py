@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool  # loky's TerminatedWorkerError too
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,60 +26,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
-from hydra.errors import CompactHydraException
 from omegaconf import open_dict
 
-from fmnist.config import cpu_cores
 from fmnist.run.directory import LOCK
+from fmnist.sweeps.slots import Slot, available_cores, check_settings, gpus_to_use, plan_slots
 
 log = logging.getLogger("fmnist")
-
-
-@dataclass(frozen=True)
-class Slot:
-    index: int
-    device: str  # "cpu" or "cuda:N"
-    cpus: tuple[int, ...]
-
-    def record(self) -> dict[str, Any]:
-        return {"index": self.index, "device": self.device, "cpus": list(self.cpus)}
-
-
-def plan_slots(
-    gpus: int, cores: list[int], slots: int | None, jobs_per_device: int, cores_per_slot: int | None
-) -> tuple[list[Slot], str]:
-    """The slots and why: `jobs_per_device` per GPU (the cores shared out among them), else
-    disjoint sets of `cores_per_slot` cores (auto: 1 core up to 8 cores, then cores / 8)."""
-    if gpus:
-        n = slots or gpus * jobs_per_device
-        share = max(1, len(cores) // n)
-        out = [
-            Slot(i, f"cuda:{i % gpus}", tuple(cores[(i * share) % len(cores) :][:share]))
-            for i in range(n)
-        ]
-        why = f"{gpus} CUDA GPU(s) x {jobs_per_device} job(s) each, {share} core(s) per job"
-        return out, why
-    per = cores_per_slot or max(1, len(cores) // 8)
-    n = min(slots or len(cores) // per, max(1, len(cores) // per))
-    out = [Slot(i, "cpu", tuple(cores[i * per : (i + 1) * per])) for i in range(max(1, n))]
-    why = f"no CUDA GPU: {len(cores)} cores in {len(out)} slot(s) of {per} core(s)"
-    return out, why
-
-
-class PoolSettingError(CompactHydraException):
-    """Pool settings that cannot work; one line, before any job starts."""
-
-
-def check_settings(slots: Any, jobs_per_device: Any, cores_per_slot: Any) -> None:
-    for key, value in (("slots", slots), ("cores_per_slot", cores_per_slot)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise PoolSettingError(
-                f"hydra.launcher.{key}={value} is invalid: null or an integer >= 1"
-            )
-    if not isinstance(jobs_per_device, int) or jobs_per_device < 1:
-        raise PoolSettingError(
-            f"hydra.launcher.jobs_per_device={jobs_per_device} is invalid: an integer >= 1"
-        )
 
 
 def _enter_slot(slot: Slot, parent: int) -> None:
@@ -87,6 +40,8 @@ def _enter_slot(slot: Slot, parent: int) -> None:
     if slot.device.startswith("cuda"):  # the n-th GPU this sweep may see, as given to it
         n, visible = int(slot.device.split(":")[1]), os.environ.get("CUDA_VISIBLE_DEVICES")
         os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[n] if visible else str(n)
+    else:  # a core slot (devices=0 on a GPU machine): `device=auto` must not find a GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ["OMP_NUM_THREADS"] = str(len(slot.cpus))
     try:
         import psutil
@@ -165,12 +120,10 @@ class Handle:
 class Pool:
     def __init__(self, launcher: Any):
         self.launcher = launcher
-        check_settings(launcher.slots, launcher.jobs_per_device, launcher.cores_per_slot)
-        gpus = launcher.devices
-        if gpus is None:
-            import torch
-
-            gpus = torch.cuda.device_count()
+        check_settings(
+            launcher.slots, launcher.jobs_per_device, launcher.cores_per_slot, launcher.devices
+        )
+        gpus = gpus_to_use(launcher.devices)
         self.slots, why = plan_slots(
             gpus,
             available_cores(),
@@ -183,6 +136,7 @@ class Pool:
         self.executors: dict[int, Any] = {}
         self.queue: deque[Handle] = deque()
         self.running: dict[Future, Handle] = {}
+        self.ended: list[Handle] = []  # failed at submit, for the next `wait_any`
         self.interrupted: BaseException | None = None
 
     def submit(self, overrides: list[str], idx: int) -> Handle:
@@ -211,16 +165,34 @@ class Pool:
                 " ".join(filter_overrides(handle.overrides)),
                 slot.index,
             )
-            future = self._executor(slot).submit(
-                _run, handle.idx, handle.overrides, slot, ctx, sweep,
-                self.launcher.task_function, Singleton.get_state(),
-            )  # fmt: skip
-            self.running[future] = handle
+            args = (handle.idx, handle.overrides, slot, ctx, sweep, self.launcher.task_function)
+            for attempt in (1, 2):  # a worker that died while idle (killed, out of memory): anew
+                try:
+                    future = self._executor(slot).submit(_run, *args, Singleton.get_state())
+                    self.running[future] = handle
+                    break
+                except (BrokenProcessPool, OSError) as exc:  # OSError: no process to spawn
+                    self._drop_executor(slot)
+                    if attempt == 2:  # not even a new worker starts: this job fails alone
+                        reason = RuntimeError(f"no worker process could start for it ({exc})")
+                        log.error("#%d failed: %s", handle.idx, reason)
+                        handle.ret = _failed(handle, reason)
+                        self.ended.append(handle)
+                        self.free.append(slot)  # last: the other slots' workers go first
+
+    def _drop_executor(self, slot: Slot) -> None:
+        """A slot's broken executor goes, nothing of it left on the slot's GPU or cores."""
+        executor = self.executors.pop(slot.index, None)
+        if executor is not None:
+            executor.shutdown(wait=False, kill_workers=True)
 
     def wait_any(self) -> list[Handle]:
-        """Block until at least one running job ends; those that ended, their slots freed."""
+        """The jobs that ended, their slots freed: those that failed to start at once, else
+        the first running ones to end (blocking until one does)."""
+        ended, self.ended = self.ended, []  # failed before they started
+        if ended:
+            return ended
         done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
-        ended = []
         for future in done:
             handle = self.running.pop(future)
             handle.ret = self._result(future, handle)
@@ -236,9 +208,13 @@ class Pool:
         except KeyboardInterrupt as exc:  # the job saved and stopped: so does the sweep
             self.interrupted = self.interrupted or exc
             return _failed(handle, exc)
-        except Exception as exc:  # noqa: BLE001  (its worker died: that job fails alone)
-            self.executors.pop(handle.slot.index, None)
+        except BrokenProcessPool as exc:  # its worker died: that job fails alone
+            self._drop_executor(handle.slot)
             reason = RuntimeError(f"its worker process died ({type(exc).__name__}: {exc})")
+            log.error("#%d failed: %s", handle.idx, reason)
+            return _failed(handle, reason)
+        except Exception as exc:  # noqa: BLE001  (its result could not come back: it fails alone)
+            reason = RuntimeError(f"its result could not be returned ({type(exc).__name__}: {exc})")
             log.error("#%d failed: %s", handle.idx, reason)
             return _failed(handle, reason)
 
@@ -254,19 +230,12 @@ def _failed(handle: Handle, exc: BaseException) -> JobReturn:
     return ret
 
 
-def available_cores() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return list(range(cpu_cores()))
-
-
 def launch(launcher: Any, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
     """Every job of a grid sweep through the pool; the returns in sweep order."""
     pool = launcher.pool()
     try:
         handles = [pool.submit(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
-        while pool.running:
+        while pool.running or pool.ended:
             pool.wait_any()
     except BaseException:  # a signal to the parent: its jobs have saved (SweepReport)
         pool.close()

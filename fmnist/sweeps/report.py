@@ -101,6 +101,14 @@ class SweepReport(Callback):
             self.planned = planned_jobs(config)
         except Exception:  # noqa: BLE001  (a count is a courtesy; never stop a sweep for it)
             self.planned = None
+        # what the summary needs, imported now: at exit (a sweep ended by an error) imports
+        # that start threads fail ("can't register atexit after shutdown")
+        import fmnist.callbacks.tensorboard  # noqa: F401
+        import fmnist.commands.compare  # noqa: F401
+        from fmnist.plots import pyplot
+
+        pyplot()  # the summary's figure
+
         atexit.register(self.finish)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:

@@ -12,6 +12,7 @@ finishes an epoch, and `max_num_timeout` times for slices that finish none.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ from fmnist.run.status import read_status, slurm_states, write_status
 log = logging.getLogger("fmnist")
 
 JOBS_FILE = "slurm_jobs.json"  # in the sweep directory: job number -> Slurm job id and log
+ASK_SLURM_S = 10.0  # while waiting, Slurm is asked at least this often (submitit alone slows
+# to once every 10 minutes: a cancelled job would be reported that late)
+ENDED_WITHOUT_RESULT = ("CANCELLED", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY")  # killed
+NO_RESULT_WAIT_S = 2  # for the result file of a job killed so: submitit waits 15 s for one
+# (a job FAILED or out of TIME may have written one that a network file system shows late)
 
 
 class SlurmJobError(CompactHydraException):
@@ -103,12 +109,30 @@ def job_dir(launcher: Any, overrides: list[str]) -> Path:
     return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
+def wait_for(job: Any) -> None:
+    """Until the job has ended: its result file checked every second, Slurm every ASK_SLURM_S.
+    A job that Slurm ended (cancelled, failed, out of time) with no result file gets a short
+    wait for one: a result comes from the job, before Slurm calls it ended."""
+    asked = time.monotonic()
+    while not job.done():
+        time.sleep(1)
+        if time.monotonic() - asked >= ASK_SLURM_S:
+            asked = time.monotonic()
+            if job.done(force_check=True):
+                break
+    if not job.paths.result_pickle.exists():
+        state = slurm_states([job.job_id]).get(job.job_id, "")
+        if state.startswith(ENDED_WITHOUT_RESULT):
+            job._results_timeout_s = NO_RESULT_WAIT_S
+
+
 def _result(job: Any, overrides: list[str], run_dir: Path) -> JobReturn:
     """The job's own JobReturn, or a failed one naming what Slurm says happened to it. The run's
     status says `interrupted` with that reason, so the summary lists it and a rerun resumes it."""
     from submitit.core.utils import UncompletedJobError
 
     try:
+        wait_for(job)
         ret = job.results()[0]
         cause = ret._return_value if ret.status == JobStatus.FAILED else None
         if isinstance(cause, UncompletedJobError):  # submitit in the job: no requeue left

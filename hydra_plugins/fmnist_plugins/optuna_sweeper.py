@@ -21,7 +21,7 @@ class FmnistOptunaConf:
     study_name: str = "fmnist"
     storage: str | None = None  # null: optuna.journal in the sweep directory; or a DB URL
     n_trials: int = 20  # finished trials (completed, pruned, failed) the study ends with
-    n_jobs: int = 1  # trials launched at once (one batch; joblib runs them in parallel)
+    n_jobs: int | None = None  # trials at once; null: the pool launcher's slots, else 1
     sampler: Any = None  # {_target_: optuna.samplers...}; null: Optuna's default (TPE)
     pruner: Any = "median"  # median, successive_halving, hyperband, none, or {_target_: ...}
     params: dict[str, str] | None = None  # the search space, in Hydra's sweep syntax

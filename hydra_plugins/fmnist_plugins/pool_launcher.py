@@ -18,7 +18,7 @@ class PoolLauncherConf:
     slots: Any = None  # jobs at once; null: from the hardware (logged)
     jobs_per_device: int = 1  # jobs sharing one GPU
     cores_per_slot: Any = None  # without a GPU: cores per job; null: 1 up to 8 cores, then cores/8
-    devices: Any = None  # GPUs to use; null: every visible one
+    devices: Any = None  # how many GPUs (the first visible); null: all; 0: cores only
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="fmnist_pool", node=PoolLauncherConf)

@@ -30,7 +30,7 @@ from hydra.core.utils import (
     run_job,
     setup_globals,
 )
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 from fmnist.hparams import shared
 from fmnist.run.status import finished, objective, read_status
@@ -47,15 +47,15 @@ class Job:
         output = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = os.path.abspath(output)
+        from fmnist.config import ConfigError, resolve
+        from fmnist.engine.budget import decide
+        from fmnist.run.directory import RunDirError
+
         with hydra_config(config):
             task = copy.deepcopy(config)
             with read_write(task), open_dict(task):
                 del task["hydra"]
-            OmegaConf.resolve(task)  # `${hydra:...}` means this job's config, whatever comes next
-        from fmnist.config import ConfigError
-        from fmnist.engine.budget import decide
-        from fmnist.run.directory import RunDirError
-
+            resolve(task)  # `${hydra:...}` means this job's config, whatever comes next
         # a preset's budget with epochs on the command line: the epochs, as the run itself decides
         # (grouping needs them); a conflict or a bad record: the job says so itself, in one line
         with contextlib.suppress(ConfigError, RunDirError):

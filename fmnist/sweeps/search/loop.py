@@ -34,7 +34,7 @@ class Settings:
     study_name: str
     storage: str | None
     n_trials: int
-    n_jobs: int
+    n_jobs: int | None  # None: the pool's slots, else 1
     sampler: Any
     pruner: Any
     params: dict[str, Any] | None
@@ -55,9 +55,10 @@ class Search:
         from fmnist.run.locking import FileLock, LockHeld
 
         s = self.settings
-        if s.n_trials < 1 or s.n_jobs < 1:
+        if s.n_trials < 1 or (s.n_jobs is not None and s.n_jobs < 1):
             raise SearchError(
-                f"hydra.sweeper.n_trials={s.n_trials}, n_jobs={s.n_jobs}: both must be >= 1"
+                f"hydra.sweeper.n_trials={s.n_trials}, n_jobs={s.n_jobs}: n_trials must be "
+                ">= 1, n_jobs >= 1 or null (the pool's slots, else 1)"
             )
         if self.config.hydra.launcher.get("wait") is False:
             raise SearchError(
@@ -102,9 +103,10 @@ class Search:
             self.search_without_batches(study, space, pending, finished)
             self.report(study)
             return study
+        width = s.n_jobs or 1
         while True:
-            batch, pending = pending[: s.n_jobs], pending[s.n_jobs :]
-            while len(batch) < s.n_jobs and finished + len(batch) + len(pending) < s.n_trials:
+            batch, pending = pending[:width], pending[width:]
+            while len(batch) < width and finished + len(batch) + len(pending) < s.n_trials:
                 batch.append(study.ask(space.distributions))
             if not batch:
                 break
@@ -122,9 +124,14 @@ class Search:
         """Keep `n_jobs` trials running: ask for the next the moment one ends (completed,
         pruned or failed); trials a killed search left running go first."""
         s, pool, running = self.settings, self.launcher.pool(), {}
+        width = min(s.n_jobs or len(pool.slots), len(pool.slots))  # a trial asked waits for none
+        log.info(
+            "%d trial(s) at once in %d pool slot(s)%s", width, len(pool.slots),
+            f" (hydra.sweeper.n_jobs={s.n_jobs})" if s.n_jobs else "",
+        )  # fmt: skip
         try:
             while True:
-                while len(running) < s.n_jobs and (pending or finished + len(running) < s.n_trials):
+                while len(running) < width and (pending or finished + len(running) < s.n_trials):
                     trial = pending.pop(0) if pending else study.ask(space.distributions)
                     job = self.job_overrides(space, trial.params, trial.number)
                     running[pool.submit(job, trial.number)] = trial
