@@ -179,8 +179,10 @@ def resolve(cfg: DictConfig) -> None:
 
 def evaluated_once(cfg: DictConfig) -> bool:
     """Whether the run evaluates once, after its last epoch, whatever its epochs (EVAL_ONCE)."""
-    node = cfg._get_node("eval_every")
-    return node is not None and node._value() == EVAL_ONCE
+    if "eval_every" not in cfg or not OmegaConf.is_interpolation(cfg, "eval_every"):
+        return False
+    unresolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["eval_every"]), resolve=False)
+    return unresolved["eval_every"] == EVAL_ONCE
 
 
 MAX_BUDGET_MIN = 7 * 24 * 60  # budget_min at most a week: a longer run is sized in epochs

@@ -5,11 +5,10 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-import torch
-
 from fmnist import CLASSES
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a picture is made of tensors: compare reads none
+    import torch
     from matplotlib.figure import Figure
 
 
@@ -26,7 +25,9 @@ def pyplot() -> ModuleType:
 
 def confusion_figure(matrix: list[list[int]], title: str = "Confusion matrix (test)") -> Figure:
     """Counts in every cell, rows true classes, columns predictions; the diagonal is correct."""
-    counts = torch.tensor(matrix, dtype=torch.float32)
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.float32)
     fig, ax = pyplot().subplots(figsize=(7.5, 6.5), dpi=80)
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(10), CLASSES, rotation=45, ha="right")
@@ -93,6 +94,7 @@ def _sheet(images: torch.Tensor, columns: int, margin: int, title: str, caption)
     """A white sheet of 3x-enlarged 28x28 tiles with a title; `caption(draw, k, x, y)` writes
     under tile k (whose top-left corner is x, y). Returns an HWC uint8 array."""
     import numpy as np
+    import torch
     from PIL import Image, ImageDraw
 
     scale, below = 3, 30
@@ -144,6 +146,8 @@ def predictions_image(
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
     """N x 1 x H x W in [0, 1] -> 1 x H' x W' grid with white gutters (no torchvision import)."""
+    import torch
+
     n, _, h, w = images.shape
     rows = -(-n // nrow)
     grid = torch.ones(1, rows * (h + pad) + pad, nrow * (w + pad) + pad)

@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fmnist.engine.runtime import cpu_model  # noqa: E402
+from fmnist.cpu import cpu_model  # noqa: E402
 from fmnist.run import provenance  # noqa: E402
 
 SWEEPS = {

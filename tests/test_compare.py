@@ -84,6 +84,20 @@ def test_files_written_and_png_decodes(sweep, capsys):
     assert (sweep / "summary.md").read_text().count("\n| batch_size=") == 4
 
 
+def test_comparing_runs_imports_no_torch(sweep):
+    """Reading records is pandas and matplotlib: torch's import (3-5 s) is not paid for it."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fmnist.commands.compare", str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "ranked by val_accuracy" in done.stdout, done.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+    assert "fmnist.run.provenance" in imported and "pandas" in imported
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
+
+
 def test_outputs_root_compares_everything(sweep):
     (sweep / "nested").mkdir()
     shutil.copytree(sweep / "batch_size=100,epochs=2,lr=0.01", sweep / "nested" / "other")

@@ -34,8 +34,10 @@ def test_slots_share_out_gpus_and_cores():
     assert [(s.device, s.cpus) for s in slots] == [("cpu", (0,)), ("cpu", (1,))]
     slots, _ = plan_slots(0, list(range(32)), None, 1, None)
     assert len(slots) == 8 and all(len(s.cpus) == 4 for s in slots)
-    assert len(plan_slots(0, [0, 1, 2, 3], 3, 1, 2)[0]) == 2  # never more slots than cores allow
-    assert len(plan_slots(1, [0, 1], 4, 1, None)[0]) == 1  # slots caps: never 2 jobs on a GPU...
+    capped, why = plan_slots(0, [0, 1, 2, 3], 3, 1, 2)  # never more slots than cores allow
+    assert len(capped) == 2 and "slots=3 capped" in why
+    capped, why = plan_slots(1, [0, 1], 4, 1, None)  # never 2 jobs on a GPU...
+    assert len(capped) == 1 and "slots=4 capped" in why  # ...silently
     assert len(plan_slots(1, [0, 1], None, 2, None)[0]) == 2  # ...unless jobs_per_device says so
 
 

@@ -119,6 +119,25 @@ def test_the_readme_sweep_is_four_children_of_one_parent_with_results_csvs_value
 
 
 @pytest.mark.slow
+def test_a_sweep_with_a_failed_job_ends_its_parent_run_failed(mlflow_server, tmp_path, data_root):
+    # a failed job: Hydra skips on_multirun_end, so the parent run is ended at the process's exit
+    done = run_train(
+        ["-m", "lr=0.01,1e30", "optimizer=sgd", "callbacks=[default,mlflow]", *TINY]
+        + [f"callbacks.mlflow.tracking_uri={mlflow_server}"]
+        + [f"hydra.sweep.dir={tmp_path / 'broken'}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "NonFiniteLossError" in out and "not ended" not in out, out
+    mlflow = client(mlflow_server)
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("broken").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED"
+    assert sorted(r.info.status for r in runs if r is not parent) == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.slow
 def test_kill9_then_the_same_command_is_one_mlflow_run_with_each_epoch_once(
     mlflow_server, tmp_path, data_root
 ):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import platform
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from fmnist.config import ConfigError, cpu_cores
+from fmnist.cpu import NATIVE_BF16, cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +33,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
         raise ConfigError(f"device={name} is invalid: {torch.cuda.device_count()} CUDA GPU(s) here")
     return torch.device(name)
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo); empty where unknown."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # oneDNN emulates bf16 elsewhere, and slower than fp32
 
 
 def decide_bf16(

@@ -13,14 +13,15 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fmnist.config import cpu_cores
-from fmnist.engine.runtime import NATIVE_BF16, cpu_flags, cpu_model
+from fmnist.cpu import NATIVE_BF16, cpu_flags, cpu_model
 from fmnist.paths import PACKAGE, checkout
 from fmnist.run.files import read_json, write_json, write_text
+
+if TYPE_CHECKING:
+    import torch
 
 PROVENANCE = "provenance.json"
 PROVENANCE_DIFF = "provenance.diff"
@@ -62,6 +63,8 @@ def collect(
     device: torch.device, threads: int, overrides: list[str], **extra: Any
 ) -> tuple[dict, str]:
     """The provenance record and the uncommitted diff (empty when the tree is clean)."""
+    import torch  # here, not at the top: fmnist-compare reads records without torch
+
     git, diff = git_state()
     flags = cpu_flags()
     gpu = None

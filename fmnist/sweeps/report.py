@@ -108,6 +108,11 @@ class SweepReport(Callback):
         from fmnist.plots import pyplot
 
         pyplot()  # the summary's figure
+        if "mlflow" in (config.get("callbacks") or {}):  # the sweep's parent run ends at exit
+            from fmnist.callbacks.mlflow import client_class
+
+            with contextlib.suppress(Exception):  # not installed: the job's error says so
+                client_class()
 
         atexit.register(self.finish)
 

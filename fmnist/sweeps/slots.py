@@ -37,11 +37,15 @@ def plan_slots(
             for i in range(n)
         ]
         why = f"{gpus} CUDA GPU(s) x {jobs_per_device} job(s) each, {share} core(s) per job"
+        if slots and slots > n:
+            why += f" (slots={slots} capped: more jobs on a GPU with jobs_per_device)"
         return out, why
     per = cores_per_slot or max(1, len(cores) // 8)
     n = min(slots or len(cores) // per, max(1, len(cores) // per))
     out = [Slot(i, "cpu", tuple(cores[i * per : (i + 1) * per])) for i in range(max(1, n))]
     why = f"no CUDA GPU: {len(cores)} cores in {len(out)} slot(s) of {per} core(s)"
+    if slots and slots > len(out):
+        why += f" (slots={slots} capped: a slot has at least cores_per_slot cores)"
     return out, why
 
 

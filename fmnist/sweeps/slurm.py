@@ -141,7 +141,8 @@ def _result(job: Any, overrides: list[str], run_dir: Path) -> JobReturn:
     except Exception:  # noqa: BLE001  (UncompletedJobError, FailedJobError, ...)
         state = slurm_states([job.job_id]).get(job.job_id) or job.state
         message = f"Slurm job {job.job_id} {state} (log: {job.paths.stderr})"
-        if read_status(run_dir) is not None:
+        status = read_status(run_dir)
+        if status is not None and status.get("status") not in ("completed", "pruned"):
             write_status(
                 run_dir,
                 status="interrupted",
