@@ -179,10 +179,9 @@ def resolve(cfg: DictConfig) -> None:
 
 def evaluated_once(cfg: DictConfig) -> bool:
     """Whether the run evaluates once, after its last epoch, whatever its epochs (EVAL_ONCE)."""
-    if "eval_every" not in cfg or not OmegaConf.is_interpolation(cfg, "eval_every"):
+    if not ("eval_every" in cfg and OmegaConf.is_interpolation(cfg, "eval_every")):
         return False
-    unresolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["eval_every"]), resolve=False)
-    return unresolved["eval_every"] == EVAL_ONCE
+    return OmegaConf.to_container(cfg, resolve=False)["eval_every"] == EVAL_ONCE
 
 
 MAX_BUDGET_MIN = 7 * 24 * 60  # budget_min at most a week: a longer run is sized in epochs

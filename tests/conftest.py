@@ -85,6 +85,23 @@ def run_train(
     return done
 
 
+def run_importing(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """`python -X importtime ARGS`: the process and the modules it imported (torch: `torch*`)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+    return done, imported
+
+
+def imported_torch(imported: list[str]) -> list[str]:
+    return [m for m in imported if m == "torch" or m.startswith("torch.")]
+
+
 def run_module(
     module: str, *args: object, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:

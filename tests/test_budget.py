@@ -125,7 +125,7 @@ def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_finished(tmp_pa
     assert status["epochs"] == epochs == read(run_dir, "provenance.json")["budget"]["epochs"]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     assert {r["epochs"] for r in rows} == {epochs} and {r["budget_min"] for r in rows} == {0.25}
-    assert rows[-1]["lr_current"] < 1e-4 * rows[0]["lr_current"]  # one-cycle ended at its end
+    assert rows[-1]["lr_current"] < 1e-3 * rows[0]["lr"]  # one-cycle ended at its end, not cut
     spent = chosen["timing_s"] + rows[-1]["run_duration"]
     # aimed at 90 % of 15 s; a noisy machine may stray, so the margins are wide
     assert 0.5 * 15 < spent < 1.3 * 15, (spent, chosen)

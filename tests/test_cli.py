@@ -147,19 +147,9 @@ def test_diverging_single_run_is_one_clear_line(tmp_path):
 def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
     """A typo costs a second, not torch's import (3 s on a slow CPU): the command line, the
     schema and the metric table import no torch, and a value out of range fails before it."""
-    import subprocess
-    import sys
+    from tests.conftest import ROOT, imported_torch, run_importing
 
-    from tests.conftest import ROOT
-
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", str(ROOT / "train.py"), "lr=0"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done, imported = run_importing([str(ROOT / "train.py"), "lr=0"], cwd=tmp_path)
     assert done.returncode == 2 and "error: lr=0.0 is invalid" in done.stderr, done.stderr[-2000:]
-    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
     assert "fmnist.config" in imported and "fmnist.metrics" in imported
-    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
+    assert not imported_torch(imported)

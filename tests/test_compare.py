@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from fmnist.commands.compare import main, summarize
+from tests.conftest import imported_torch, run_importing
 
 pytestmark = pytest.mark.slow
 
@@ -86,16 +87,10 @@ def test_files_written_and_png_decodes(sweep, capsys):
 
 def test_comparing_runs_imports_no_torch(sweep):
     """Reading records is pandas and matplotlib: torch's import (3-5 s) is not paid for it."""
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "fmnist.commands.compare", str(sweep)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done, imported = run_importing(["-m", "fmnist.commands.compare", str(sweep)], cwd=sweep)
     assert done.returncode == 0 and "ranked by val_accuracy" in done.stdout, done.stderr[-2000:]
-    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
     assert "fmnist.run.provenance" in imported and "pandas" in imported
-    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
+    assert not imported_torch(imported)
 
 
 def test_outputs_root_compares_everything(sweep):
