@@ -14,6 +14,7 @@ from fmnist.run.files import read_json, write_json
 from fmnist.run.locking import pid_alive
 
 STATUS = "status.json"
+ENDED_AS_PLANNED = ("completed", "pruned")  # nothing to resume (pruned: by a search)
 
 
 def now() -> str:

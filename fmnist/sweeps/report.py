@@ -25,7 +25,7 @@ from fmnist.hparams import named
 from fmnist.run.directory import owner
 from fmnist.run.files import read_json
 from fmnist.run.locking import children
-from fmnist.run.status import read_status, write_status
+from fmnist.run.status import ENDED_AS_PLANNED, read_status, write_status
 
 
 def job_exception(job_return: JobReturn) -> BaseException | None:
@@ -178,7 +178,7 @@ class SweepReport(Callback):
             print(f"no summary: {exc}")
             return
         tensorboard_experiment(self.sweep_dir)
-        ended = summary.table["status"].isin(["completed", "pruned"])  # pruned: by a search
+        ended = summary.table["status"].isin(ENDED_AS_PLANNED)
         failed = summary.table[~ended]
         if (self.sweep_dir / "mlflow_parent.json").is_file():
             from fmnist.callbacks.mlflow import end_sweep

@@ -23,7 +23,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 from fmnist.run.files import write_json
-from fmnist.run.status import read_status, slurm_states, write_status
+from fmnist.run.status import ENDED_AS_PLANNED, read_status, slurm_states, write_status
 
 log = logging.getLogger("fmnist")
 
@@ -142,7 +142,7 @@ def _result(job: Any, overrides: list[str], run_dir: Path) -> JobReturn:
         state = slurm_states([job.job_id]).get(job.job_id) or job.state
         message = f"Slurm job {job.job_id} {state} (log: {job.paths.stderr})"
         status = read_status(run_dir)
-        if status is not None and status.get("status") not in ("completed", "pruned"):
+        if status is not None and status.get("status") not in ENDED_AS_PLANNED:
             write_status(
                 run_dir,
                 status="interrupted",

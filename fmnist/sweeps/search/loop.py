@@ -161,14 +161,14 @@ class Search:
     def tell(self, study: optuna.Study, trial: optuna.Trial, job_return: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        from fmnist.run.status import read_status
+        from fmnist.run.status import ENDED_AS_PLANNED, read_status
         from fmnist.sweeps.report import job_exception
 
         run_dir = self.sweep_dir / trial_dir(trial.number)
         trial.set_user_attr("run_dir", str(run_dir))
         status = read_status(run_dir) or {}
         state = status.get("status")
-        if job_return.status == JobStatus.FAILED or state not in ("completed", "pruned"):
+        if job_return.status == JobStatus.FAILED or state not in ENDED_AS_PLANNED:
             if state == "interrupted":  # stopped by a signal: a rerun resumes it
                 return
             exc = job_exception(job_return)
