@@ -241,3 +241,29 @@ def test_an_optuna_search_runs_its_trials_as_slurm_jobs(slurm, tmp_path):
         status = json.loads((sweep / f"trial_00{trial.number}" / "status.json").read_text())
         assert status["slurm_job"] == jobs[f"trial_00{trial.number}"]
         assert status["objective"] == trial.value
+
+
+@pytest.mark.parametrize("ended", ["completed", "running"])
+def test_a_job_whose_result_file_is_lost_is_what_its_run_status_says(tmp_path, monkeypatch, ended):
+    """Slurm killed the job (time limit, node loss) after or before its run ended: a run that says
+    it completed keeps its status and objective; one that did not is interrupted, to resume."""
+    from types import SimpleNamespace
+
+    from fmnist.run.status import read_status, write_status
+    from fmnist.sweeps import slurm
+
+    def lost() -> list:
+        raise RuntimeError("no result file")
+
+    job = SimpleNamespace(job_id="7", state="TIMEOUT", results=lost,
+                          paths=SimpleNamespace(stderr=tmp_path / "7.err"))  # fmt: skip
+    monkeypatch.setattr(slurm, "wait_for", lambda job: None)
+    monkeypatch.setattr(slurm, "slurm_states", lambda ids: {"7": "TIMEOUT"})
+    write_status(tmp_path, status=ended, objective=0.91)
+    ret = slurm._result(job, ["seed=0"], tmp_path)
+    if ended == "completed":
+        assert ret.status.name == "COMPLETED" and ret.return_value == 0.91
+        assert read_status(tmp_path)["status"] == "completed"
+    else:
+        assert ret.status.name == "FAILED" and "TIMEOUT" in str(ret._return_value)
+        assert read_status(tmp_path)["status"] == "interrupted"

@@ -45,7 +45,7 @@ def plan_slots(
     out = [Slot(i, "cpu", tuple(cores[i * per : (i + 1) * per])) for i in range(max(1, n))]
     why = f"no CUDA GPU: {len(cores)} cores in {len(out)} slot(s) of {per} core(s)"
     if slots and slots > len(out):
-        why += f" (slots={slots} capped: a slot has at least cores_per_slot cores)"
+        why += f" (slots={slots} capped: a slot has {per} core(s))"
     return out, why
 
 

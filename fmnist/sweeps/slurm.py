@@ -128,7 +128,8 @@ def wait_for(job: Any) -> None:
 
 def _result(job: Any, overrides: list[str], run_dir: Path) -> JobReturn:
     """The job's own JobReturn, or a failed one naming what Slurm says happened to it. The run's
-    status says `interrupted` with that reason, so the summary lists it and a rerun resumes it."""
+    status says `interrupted` with that reason, so the summary lists it and a rerun resumes it; a
+    run whose status says it ended is that run's result (its objective), whatever Slurm says."""
     from submitit.core.utils import UncompletedJobError
 
     try:
@@ -142,7 +143,13 @@ def _result(job: Any, overrides: list[str], run_dir: Path) -> JobReturn:
         state = slurm_states([job.job_id]).get(job.job_id) or job.state
         message = f"Slurm job {job.job_id} {state} (log: {job.paths.stderr})"
         status = read_status(run_dir)
-        if status is not None and status.get("status") not in ENDED_AS_PLANNED:
+        if status is not None and status.get("status") in ENDED_AS_PLANNED:
+            # the run ended and said so; only its result file was lost (killed while exiting)
+            log.warning("%s after its run ended %s: kept as it ended", message, status["status"])
+            ended = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+            ended._return_value = status.get("objective")  # what the task function returned
+            return ended
+        if status is not None:
             write_status(
                 run_dir,
                 status="interrupted",
