@@ -3,16 +3,23 @@ with real worker processes, real cores and a real search."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 
+from fmnist.sweeps.pool import NoWorkerError, Pool
 from fmnist.sweeps.slots import PoolSettingError, check_settings, plan_slots
 from tests.conftest import run_train
 from tests.test_resume import metrics, start
@@ -60,38 +67,66 @@ def test_settings_that_cannot_work_are_one_line(settings):
     check_settings(None, 1, None, 0)  # devices=0: cores only, on a GPU machine too
 
 
-def test_a_job_no_worker_can_start_for_fails_alone_and_frees_its_slot(monkeypatch, caplog):
-    """A slot whose worker cannot start even anew (the machine out of processes or memory):
-    each job given to it is reported failed in one line, none is lost, the slot stays usable."""
-    import errno
-    from concurrent.futures.process import BrokenProcessPool
-    from types import SimpleNamespace
+class Unstartable:
+    """A slot's executor whose worker cannot start, even anew (the machine out of processes)."""
 
-    from fmnist.sweeps.pool import Pool
+    def __init__(self, starts: list):
+        self.starts = starts
 
-    settings = dict(slots=1, jobs_per_device=1, cores_per_slot=1, devices=0)
-    pool = Pool(SimpleNamespace(**settings, hydra_context=None, config=None, task_function=None))
-    starts = []
+    def submit(self, *args):
+        self.starts.append(args[1])  # the job's index
+        if len(self.starts) % 2:  # a dead worker's executor, then a new one that cannot spawn
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
-    class Unstartable:
-        def submit(self, *args):
-            starts.append(args[0])
-            if len(starts) % 2:  # a dead worker's executor, then a new one that cannot spawn
-                raise BrokenProcessPool("A process in the process pool was terminated abruptly")
-            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    def shutdown(self, wait, kill_workers):
+        pass
 
-        def shutdown(self, wait, kill_workers):
-            pass
 
-    monkeypatch.setattr(pool, "_executor", lambda slot: Unstartable())
-    handles = [pool.submit([f"seed={i}"], i) for i in range(2)]
-    ended = pool.wait_any()
-    assert ended == handles and not pool.running and len(starts) == 4  # each tried twice
-    for handle in handles:
-        assert handle.ret.status.name == "FAILED"
-        assert "Resource temporarily unavailable" in str(handle.ret._return_value)
-    assert [s.index for s in pool.free] == [0] and pool.wait_any() == []
-    assert caplog.text.count("failed: no worker process could start") == 2
+class Immediate:
+    """A slot's executor whose jobs end at once, completed."""
+
+    def submit(self, fn, idx, overrides, *args):
+        future = Future()
+        future.set_result(JobReturn(overrides=overrides, status=JobStatus.COMPLETED))
+        return future
+
+
+def make_pool(slots: int) -> Pool:
+    settings = dict(slots=slots, jobs_per_device=1, cores_per_slot=1, devices=0)
+    return Pool(SimpleNamespace(**settings, hydra_context=None, config=None, task_function=None))
+
+
+def test_a_slot_no_worker_can_start_in_rests_and_its_jobs_run_in_the_others(monkeypatch, caplog):
+    """Slot 0 cannot start a worker: its job waits for slot 1, none is lost or failed, slot 0
+    is tried again once a job has ended, and its rest is logged once."""
+    pool, starts = make_pool(2), []
+    monkeypatch.setattr(
+        pool, "_executor", lambda slot: Unstartable(starts) if slot.index == 0 else Immediate()
+    )
+    handles = [pool.submit([f"seed={i}"], i) for i in range(3)]
+    assert starts == [0, 0] and [h.slot.index for h in pool.running.values()] == [1]
+    ended = []
+    while pool.running:
+        ended += pool.wait_any()
+    assert ended == handles and starts == [0, 0, 1, 1, 2, 2]  # slot 0 tried after each end
+    assert {h.ret.status.name for h in handles} == {"COMPLETED"}
+    assert [s.index for s in pool.free + pool.resting] == [0, 1]
+    assert caplog.text.count("slot 0: no worker process could start") == 1
+
+
+def test_when_no_slot_can_start_a_worker_and_nothing_runs_the_sweep_stops_in_one_line(
+    monkeypatch,
+):
+    pool, starts = make_pool(2), []
+    monkeypatch.setattr(pool, "_executor", lambda slot: Unstartable(starts))
+    with pytest.raises(NoWorkerError) as stopped:
+        pool.submit(["seed=0"], 0)
+    message = str(stopped.value)
+    assert "\n" not in message and "any of the 2 slot(s)" in message
+    assert "Resource temporarily unavailable" in message and "1 job(s) not started" in message
+    assert starts == [0, 0, 0, 0] and len(pool.queue) == 1 and not pool.running  # kept, not failed
+    assert isinstance(stopped.value, CompactHydraException)  # Hydra prints it as one line
 
 
 @pytest.mark.slow

@@ -4,7 +4,10 @@ one, a disjoint set of cores: the job's threads are its cores, pinned where the 
 
 Each slot keeps one worker process alive between jobs (loky's executor, as joblib's workers do):
 a job does not pay `import torch` again, and it is still a clean run (its own seed, threads,
-logger, status). A worker that dies fails its job alone; the slot gets a new worker. Ctrl-C and
+logger, status). A worker that dies fails its job alone; the slot gets a new worker. A slot where
+no worker can start (the machine out of processes or memory) rests until another job ends, its job
+waiting for the next slot; when nothing runs and every slot rests, the sweep stops in one line
+(the same command resumes it). Ctrl-C and
 SIGTERM stop the sweep as under joblib: every started job saves and ends `interrupted`; so does
 kill -9 of the sweep's parent (its workers notice and stop).
 """
@@ -26,12 +29,17 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.errors import CompactHydraException
 from omegaconf import open_dict
 
 from fmnist.run.directory import LOCK
 from fmnist.sweeps.slots import Slot, available_cores, check_settings, gpus_to_use, plan_slots
 
 log = logging.getLogger("fmnist")
+
+
+class NoWorkerError(CompactHydraException):
+    """No slot can start a worker and no job runs that could free one: the sweep stops."""
 
 
 def _enter_slot(slot: Slot, parent: int) -> None:
@@ -133,10 +141,12 @@ class Pool:
         )
         print(f"pool launcher: {len(self.slots)} slot(s) ({why})", flush=True)
         self.free = list(self.slots)
+        self.resting: list[Slot] = []  # no worker could start there: back when a job ends
+        self.warned: set[int] = set()  # slots whose rest was logged
+        self.start_error = ""  # why the last worker could not start
         self.executors: dict[int, Any] = {}
         self.queue: deque[Handle] = deque()
         self.running: dict[Future, Handle] = {}
-        self.ended: list[Handle] = []  # failed at submit, for the next `wait_any`
         self.interrupted: BaseException | None = None
 
     def submit(self, overrides: list[str], idx: int) -> Handle:
@@ -159,26 +169,44 @@ class Pool:
         while self.queue and self.free and self.interrupted is None:
             handle, slot = self.queue.popleft(), self.free.pop(0)
             handle.slot = slot
-            log.info(
-                "\t#%d : %s (slot %d)",
-                handle.idx,
-                " ".join(filter_overrides(handle.overrides)),
-                slot.index,
-            )
             args = (handle.idx, handle.overrides, slot, ctx, sweep, self.launcher.task_function)
             for attempt in (1, 2):  # a worker that died while idle (killed, out of memory): anew
                 try:
                     future = self._executor(slot).submit(_run, *args, Singleton.get_state())
-                    self.running[future] = handle
-                    break
                 except (BrokenProcessPool, OSError) as exc:  # OSError: no process to spawn
                     self._drop_executor(slot)
-                    if attempt == 2:  # not even a new worker starts: this job fails alone
-                        reason = RuntimeError(f"no worker process could start for it ({exc})")
-                        log.error("#%d failed: %s", handle.idx, reason)
-                        handle.ret = _failed(handle, reason)
-                        self.ended.append(handle)
-                        self.free.append(slot)  # last: the other slots' workers go first
+                    if attempt == 2:  # not even a new worker: the slot rests, the job waits
+                        self._rest(slot, handle, exc)
+                    continue
+                self.running[future] = handle
+                log.info(
+                    "\t#%d : %s (slot %d)",
+                    handle.idx,
+                    " ".join(filter_overrides(handle.overrides)),
+                    slot.index,
+                )
+                break
+        if self.queue and not self.running and not self.free and self.interrupted is None:
+            raise NoWorkerError(
+                f"no worker process could start in any of the {len(self.slots)} slot(s) "
+                f"({self.start_error}) and no job runs: the sweep stops with "
+                f"{len(self.queue)} job(s) not started; the same command resumes it"
+            )
+
+    def _rest(self, slot: Slot, handle: Handle, exc: BaseException) -> None:
+        """A slot that cannot start a worker rests until another job ends (it may have freed
+        the processes or memory); its job goes back to the front of the queue."""
+        handle.slot = None
+        self.queue.appendleft(handle)
+        self.resting.append(slot)
+        self.start_error = f"{type(exc).__name__}: {exc}"
+        if slot.index not in self.warned:
+            self.warned.add(slot.index)
+            log.warning(
+                "slot %d: no worker process could start (%s); it rests until another job ends",
+                slot.index,
+                self.start_error,
+            )
 
     def _drop_executor(self, slot: Slot) -> None:
         """A slot's broken executor goes, nothing of it left on the slot's GPU or cores."""
@@ -187,18 +215,19 @@ class Pool:
             executor.shutdown(wait=False, kill_workers=True)
 
     def wait_any(self) -> list[Handle]:
-        """The jobs that ended, their slots freed: those that failed to start at once, else
-        the first running ones to end (blocking until one does)."""
-        ended, self.ended = self.ended, []  # failed before they started
-        if ended:
-            return ended
+        """The first running jobs to end (blocking until one does), their slots freed, and the
+        resting slots with them; then the queue's next jobs start."""
+        ended = []
         done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
         for future in done:
             handle = self.running.pop(future)
             handle.ret = self._result(future, handle)
             self.free.append(handle.slot)
-            self.free.sort(key=lambda s: s.index)
             ended.append(handle)
+        if ended:
+            self.free.extend(self.resting)
+            self.resting.clear()
+            self.free.sort(key=lambda s: s.index)
         self._dispatch()
         return ended
 
@@ -235,7 +264,7 @@ def launch(launcher: Any, job_overrides: Any, initial_job_idx: int) -> list[JobR
     pool = launcher.pool()
     try:
         handles = [pool.submit(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
-        while pool.running or pool.ended:
+        while pool.running:
             pool.wait_any()
     except BaseException:  # a signal to the parent: its jobs have saved (SweepReport)
         pool.close()
