@@ -2,6 +2,7 @@
 resume after kill -9, joblib, the dashboard; real searches in subprocesses, real training."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -11,10 +12,12 @@ import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -323,6 +326,36 @@ def test_a_job_opens_its_running_trial_from_the_file_and_not_a_finished_one(tmp_
     assert load_trial(url, "s", done.number, "median") is None  # ended: a rerun trains alone
     with pytest.raises(SearchError, match="created to maximize, not to minimize"):
         open_study(url, "s", "minimize")
+
+
+def test_budgeted_trials_report_at_tenths_of_their_schedules(tmp_path):
+    """Trials whose budget chose 13 and 5 epochs report at the same steps (percent of their
+    schedule done, the first evaluation in each tenth), so the median pruner compares them at
+    the same point of their schedules; a run sized in epochs reports its epochs."""
+    from fmnist.sweeps.search import open_study
+    from fmnist.sweeps.search.report import TrialReport
+
+    url = str(tmp_path / JOURNAL)
+    study = open_study(url, "s", "maximize", None, "none")
+
+    def reported(epochs: int, budget: dict | None) -> dict[int, float]:
+        trial = study.ask()
+        report = TrialReport(url, "s", trial.number, json.dumps("none"))
+        state = SimpleNamespace(
+            cfg=OmegaConf.create({"epochs": epochs}), budget=budget, monitor="val_accuracy",
+            history=[], epoch=0, log=logging.getLogger("test"),
+        )  # fmt: skip
+        report.on_run_start(state)
+        for epoch in range(1, epochs + 1):
+            state.epoch, row = epoch, {"epoch": epoch, "val_accuracy": epoch / epochs}
+            state.history.append(row)
+            report.on_epoch_end(state, row)
+        return study_of_url(url).trials[trial.number].intermediate_values
+
+    long = reported(13, {"epochs": 13})
+    assert sorted(long) == list(range(0, 101, 10)) and long[30] == 4 / 13 and long[100] == 1.0
+    assert sorted(reported(5, {"epochs": 5})) == [20, 40, 60, 80, 100]
+    assert sorted(reported(3, None)) == [1, 2, 3]
 
 
 def study_of_url(url: str) -> optuna.Study:

@@ -1,4 +1,5 @@
 """Report the objective to the run's Optuna trial after every epoch; stop when the pruner says so.
+A run sized by `budget_min` reports at tenths of its schedule instead of epochs (`report_step`).
 
 The Optuna sweeper adds it to each trial's config as an ordinary callback (`callbacks.trial`,
 fmnist/sweeps/search/loop.py); never listed in `conf/callbacks/`. Pruning is an ordinary early
@@ -43,11 +44,25 @@ class TrialReport(Callback):
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         if self.trial is None or state.monitor not in row:  # not evaluated (eval_every)
             return
+        step = report_step(state, state.epoch)
+        earlier = [r["epoch"] for r in state.history[:-1] if state.monitor in r]
+        if earlier and report_step(state, earlier[-1]) == step:
+            return  # a budgeted run's second evaluation within a tenth of its schedule
         value = row[state.monitor]
-        self.trial.report(value, step=state.epoch)
+        self.trial.report(value, step=step)
         if state.epoch < state.cfg.epochs and self.trial.should_prune():
             state.should_stop = (
                 f"pruned at epoch {state.epoch} by {type(self.trial.study.pruner).__name__}: "
                 f"{state.monitor} {value:.4f}"
             )
             state.end_status = "pruned"
+
+
+def report_step(state: RunState, epoch: int) -> int:
+    """The step a trial reports `epoch` at: the epoch itself; in a run that sized itself to
+    `budget_min` (its epochs chosen on its machine, so trials differ in length), the share of its
+    schedule done, in percent rounded down to tens, so that the pruner compares trials at the
+    same point of their schedules, not a long schedule's early epoch with a short one's end."""
+    if state.budget is None:
+        return epoch
+    return 10 * (10 * epoch // state.cfg.epochs)
