@@ -24,7 +24,7 @@ from PIL import Image
 
 from tests.conftest import DATA, ROOT, run_train
 from tests.conftest import run_module as cli
-from tests.test_resume import metrics, start, wait_for_epoch
+from tests.test_resume import start, wait_for_epoch
 
 pytestmark = pytest.mark.slow
 QUICK = ["limit_test_batches=2", "callbacks.progress.bar=false"]
@@ -510,11 +510,8 @@ def test_stopping_a_sweeps_parent_stops_every_worker_and_resumes(tmp_path, launc
     run_train(args, cwd=tmp_path)  # the rerun resumes and completes every job
     states = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
     assert states == ["completed"] * len(lrs.split(","))
-    reference = tmp_path / "reference"
-    plain = [a if not a.startswith("lr=") else "lr=0.01,0.001" for a in args[:-1]]
-    run_train([*plain, f"hydra.sweep.dir={reference}"], cwd=tmp_path)  # never interrupted
-    for job in ("epochs=3,lr=0.01", "epochs=3,lr=0.001"):
-        assert metrics(sweep / job) == metrics(reference / job), job
+    # that a job stopped so in a loky worker resumes to the values of one never stopped:
+    # tests/test_pool.py (the pool's workers are loky's too) and tests/test_resume.py
 
 
 def test_a_terminals_ctrl_c_and_its_forwarded_copy_are_one_request():

@@ -199,10 +199,10 @@ def test_sigterm_to_the_pools_parent_stops_every_started_job_and_a_rerun_complet
     tmp_path, data_root
 ):
     sweep = tmp_path / "sweep"
-    job = ["epochs=3", "limit_train_batches=200", "limit_test_batches=1"]
+    job = ["epochs=2", "limit_train_batches=200", "limit_test_batches=1"]
     args = [*POOL, "seed=0,1,2", *job, "callbacks.progress.bar=false", f"hydra.sweep.dir={sweep}"]
     proc = start(args, cwd=tmp_path)
-    started = [sweep / f"epochs=3,seed={s}" / "status.json" for s in (0, 1)]
+    started = [sweep / f"epochs=2,seed={s}" / "status.json" for s in (0, 1)]
     deadline = time.monotonic() + 120
     while not all(p.is_file() and read(p).get("last_epoch", 0) >= 1 for p in started):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -211,15 +211,15 @@ def test_sigterm_to_the_pools_parent_stops_every_started_job_and_a_rerun_complet
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out[-2000:]
     for path in started:  # both slots' jobs saved at a batch and said so
-        assert read(path)["status"] == "interrupted" and read(path)["last_epoch"] < 3
-    assert not (sweep / "epochs=3,seed=2" / "results.json").exists()  # never started
+        assert read(path)["status"] == "interrupted" and read(path)["last_epoch"] < 2
+    assert not (sweep / "epochs=2,seed=2" / "results.json").exists()  # never started
     run_train(args, cwd=tmp_path)
     for seed in (0, 1, 2):
-        assert read(sweep / f"epochs=3,seed={seed}" / "status.json")["status"] == "completed"
+        assert read(sweep / f"epochs=2,seed={seed}" / "status.json")["status"] == "completed"
     # the resumed job trains as one that was never stopped (one thread, as in its slot)
     reference = tmp_path / "reference"
     run_train(["seed=0", *job, "runtime.threads=1", f"hydra.run.dir={reference}"], cwd=tmp_path)
-    assert metrics(sweep / "epochs=3,seed=0") == metrics(reference)
+    assert metrics(sweep / "epochs=2,seed=0") == metrics(reference)
 
 
 @pytest.mark.slow
@@ -230,7 +230,7 @@ def test_kill9_of_a_search_over_the_pool_then_the_same_command_ends_with_n_trial
     args = [
         *["hparams_search=optuna", "hydra/launcher=pool", "hydra.launcher.slots=2"],
         *["hydra.launcher.cores_per_slot=1", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=5"],
-        *["hydra.sweeper.pruner=none", "epochs=3", "limit_train_batches=300"],
+        *["hydra.sweeper.pruner=none", "epochs=2", "limit_train_batches=200"],
         *["limit_test_batches=2", "data.val_size=1000", "callbacks=[results,checkpoint]"],
         f"hydra.sweep.dir={sweep}",
     ]
@@ -251,4 +251,4 @@ def test_kill9_of_a_search_over_the_pool_then_the_same_command_ends_with_n_trial
     assert f"resuming {cut} after epoch" in out  # from its checkpoint, not from scratch
     trials = {p.parent.name: read(p) for p in sorted(sweep.glob("trial_*/status.json"))}
     assert len(trials) == 5 and {t["status"] for t in trials.values()} == {"completed"}, trials
-    assert [r["epoch"] for r in json.loads((cut / "results.json").read_text())] == [1, 2, 3]
+    assert [r["epoch"] for r in json.loads((cut / "results.json").read_text())] == [1, 2]

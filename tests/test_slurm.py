@@ -112,13 +112,13 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_finishes_on_its_own(slur
     may start again (pending, reason BeginTime); the test then starts it at once, as an
     administrator may (`scontrol update StartTime=now`), which saves two minutes."""
     sweep = tmp_path / "sweep"
-    run = ["lr=0.01", "epochs=3", "limit_train_batches=300"]
+    run = ["lr=0.01", "epochs=2", "limit_train_batches=300"]
     limits = ["hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=30"]
     # no time-limit requeue allowed for a slice without progress: this one finished an epoch
     limits += ["hydra.launcher.max_num_timeout=0"]
     args = ["-m", *slurm, *limits, *run, *QUICK, f"hydra.sweep.dir={sweep}"]
     proc = start(args, cwd=tmp_path)
-    run_dir = sweep / "epochs=3,lr=0.01"
+    run_dir = sweep / "epochs=2,lr=0.01"
     wait_for_epoch(run_dir, 1, proc, timeout=300)
     (job,) = jobs_of(sweep).values()
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=30)
@@ -129,7 +129,7 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_finishes_on_its_own(slur
     assert "signal 12: stopping after this batch" in Path(job["log"]).read_text()
     assert "resuming" in log and "this job is timed-out" in Path(job["log"]).read_text(), log
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["status"] == "completed" and status["last_epoch"] == 3
+    assert status["status"] == "completed" and status["last_epoch"] == 2
     assert metrics(run_dir) == reference(run, tmp_path, "reference")
 
 
