@@ -63,8 +63,9 @@ def _thread_failed(args: threading.ExceptHookArgs) -> None:
 
 def main() -> None:
     """Console entry: resume=DIR re-applies DIR's overrides; Ctrl-C and SIGTERM exit 130/143."""
-    # registered first, so it runs last: the collector then skips the objects of torch's
-    # modules at interpreter shutdown (measured ~1 s of every run's exit); files are closed by then
+    # runs after the exit handlers registered later (trackers, the sweep report): the collector
+    # then skips the objects of torch's modules at interpreter shutdown (~1 s of every run's exit;
+    # docs/performance.md). Runs and their writers are closed before; logging flushes its own.
     atexit.register(gc.freeze)
     sys.argv = [sys.argv[0], *resume_overrides(sys.argv[1:])]
     check_yaml([Path(CONF_DIR), *extra_config_dirs(sys.argv[1:])])

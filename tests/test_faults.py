@@ -507,9 +507,12 @@ def test_stopping_a_sweeps_parent_stops_every_worker_and_resumes(tmp_path, launc
         assert "job(s) not started" in out  # the third job was queued, never started
     if (launcher, sig) != ("joblib", signal.SIGTERM):
         return  # resuming does not depend on the launcher or the signal: checked once, below
+    stopped = [name for name, state in states.items() if state.get("last_epoch", 0) >= 1]
     run_train(args, cwd=tmp_path)  # the rerun resumes and completes every job
     states = [json.loads(p.read_text())["status"] for p in sorted(sweep.rglob("status.json"))]
-    assert states == ["completed"] * len(lrs.split(","))
+    assert states == ["completed"] * len(lrs.split(",")) and len(stopped) >= 2
+    for name in stopped:  # from their checkpoints, not from scratch
+        assert "resuming" in (sweep / name / "train.log").read_text(), name
     # that a job stopped so in a loky worker resumes to the values of one never stopped:
     # tests/test_pool.py (the pool's workers are loky's too) and tests/test_resume.py
 

@@ -127,6 +127,15 @@ def test_when_no_slot_can_start_a_worker_and_nothing_runs_the_sweep_stops_in_one
     assert "Resource temporarily unavailable" in message and "1 job(s) not started" in message
     assert starts == [0, 0, 0, 0] and len(pool.queue) == 1 and not pool.running  # kept, not failed
     assert isinstance(stopped.value, CompactHydraException)  # Hydra prints it as one line
+    # a job that ended as the last slot gave up is returned first: its result is not lost
+    pool, starts = make_pool(1), []
+    executors = iter([Immediate(), Unstartable(starts), Unstartable(starts)])
+    monkeypatch.setattr(pool, "_executor", lambda slot: next(executors))
+    first, second = pool.submit(["seed=0"], 0), pool.submit(["seed=1"], 1)
+    assert pool.wait_any() == [first] and first.ret.status.name == "COMPLETED"
+    assert starts == [1, 1] and list(pool.queue) == [second]
+    with pytest.raises(NoWorkerError, match="1 job\\(s\\) not started"):
+        pool.wait_any()
 
 
 @pytest.mark.slow
@@ -199,10 +208,10 @@ def test_sigterm_to_the_pools_parent_stops_every_started_job_and_a_rerun_complet
     tmp_path, data_root
 ):
     sweep = tmp_path / "sweep"
-    job = ["epochs=2", "limit_train_batches=200", "limit_test_batches=1"]
+    job = ["epochs=3", "limit_train_batches=200", "limit_test_batches=1"]
     args = [*POOL, "seed=0,1,2", *job, "callbacks.progress.bar=false", f"hydra.sweep.dir={sweep}"]
     proc = start(args, cwd=tmp_path)
-    started = [sweep / f"epochs=2,seed={s}" / "status.json" for s in (0, 1)]
+    started = [sweep / f"epochs=3,seed={s}" / "status.json" for s in (0, 1)]
     deadline = time.monotonic() + 120
     while not all(p.is_file() and read(p).get("last_epoch", 0) >= 1 for p in started):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -211,15 +220,15 @@ def test_sigterm_to_the_pools_parent_stops_every_started_job_and_a_rerun_complet
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out[-2000:]
     for path in started:  # both slots' jobs saved at a batch and said so
-        assert read(path)["status"] == "interrupted" and read(path)["last_epoch"] < 2
-    assert not (sweep / "epochs=2,seed=2" / "results.json").exists()  # never started
+        assert read(path)["status"] == "interrupted" and read(path)["last_epoch"] < 3
+    assert not (sweep / "epochs=3,seed=2" / "results.json").exists()  # never started
     run_train(args, cwd=tmp_path)
     for seed in (0, 1, 2):
-        assert read(sweep / f"epochs=2,seed={seed}" / "status.json")["status"] == "completed"
+        assert read(sweep / f"epochs=3,seed={seed}" / "status.json")["status"] == "completed"
     # the resumed job trains as one that was never stopped (one thread, as in its slot)
     reference = tmp_path / "reference"
     run_train(["seed=0", *job, "runtime.threads=1", f"hydra.run.dir={reference}"], cwd=tmp_path)
-    assert metrics(sweep / "epochs=2,seed=0") == metrics(reference)
+    assert metrics(sweep / "epochs=3,seed=0") == metrics(reference)
 
 
 @pytest.mark.slow

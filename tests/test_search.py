@@ -331,31 +331,37 @@ def test_a_job_opens_its_running_trial_from_the_file_and_not_a_finished_one(tmp_
 def test_budgeted_trials_report_at_tenths_of_their_schedules(tmp_path):
     """Trials whose budget chose 13 and 5 epochs report at the same steps (percent of their
     schedule done, the first evaluation in each tenth), so the median pruner compares them at
-    the same point of their schedules; a run sized in epochs reports its epochs."""
+    the same point of their schedules; a run sized in epochs reports its epochs. A budgeted
+    trial is never pruned at its first evaluation (the pruners' warm-up counts steps)."""
     from fmnist.sweeps.search import open_study
     from fmnist.sweeps.search.report import TrialReport
 
     url = str(tmp_path / JOURNAL)
     study = open_study(url, "s", "maximize", None, "none")
 
-    def reported(epochs: int, budget: dict | None) -> dict[int, float]:
+    def reported(epochs: int, budget: dict | None, pruner: object = "none") -> tuple[dict, int]:
         trial = study.ask()
-        report = TrialReport(url, "s", trial.number, json.dumps("none"))
+        report = TrialReport(url, "s", trial.number, json.dumps(pruner))
         state = SimpleNamespace(
             cfg=OmegaConf.create({"epochs": epochs}), budget=budget, monitor="val_accuracy",
-            history=[], epoch=0, log=logging.getLogger("test"),
+            history=[], epoch=0, log=logging.getLogger("test"), should_stop=None,
         )  # fmt: skip
         report.on_run_start(state)
         for epoch in range(1, epochs + 1):
             state.epoch, row = epoch, {"epoch": epoch, "val_accuracy": epoch / epochs}
             state.history.append(row)
             report.on_epoch_end(state, row)
-        return study_of_url(url).trials[trial.number].intermediate_values
+            if state.should_stop:
+                break
+        return study_of_url(url).trials[trial.number].intermediate_values, state.epoch
 
-    long = reported(13, {"epochs": 13})
+    long, _ = reported(13, {"epochs": 13})
     assert sorted(long) == list(range(0, 101, 10)) and long[30] == 4 / 13 and long[100] == 1.0
-    assert sorted(reported(5, {"epochs": 5})) == [20, 40, 60, 80, 100]
-    assert sorted(reported(3, None)) == [1, 2, 3]
+    assert sorted(reported(5, {"epochs": 5})[0]) == [20, 40, 60, 80, 100]
+    assert sorted(reported(3, None)[0]) == [1, 2, 3]
+    always = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 2.0}  # prunes any accuracy
+    assert reported(5, {"epochs": 5}, always)[1] == 2  # not at step 20, its first evaluation
+    assert reported(5, None, always)[1] == 1  # a run in epochs: as the pruner says
 
 
 def study_of_url(url: str) -> optuna.Study:

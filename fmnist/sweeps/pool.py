@@ -144,6 +144,7 @@ class Pool:
         self.resting: list[Slot] = []  # no worker could start there: back when a job ends
         self.warned: set[int] = set()  # slots whose rest was logged
         self.start_error = ""  # why the last worker could not start
+        self.stuck = False  # jobs queued, none running, every slot resting
         self.executors: dict[int, Any] = {}
         self.queue: deque[Handle] = deque()
         self.running: dict[Future, Handle] = {}
@@ -153,6 +154,7 @@ class Pool:
         handle = Handle(idx, list(overrides))
         self.queue.append(handle)
         self._dispatch()
+        self._stop_if_stuck()
         return handle
 
     def _executor(self, slot: Slot) -> Any:
@@ -179,6 +181,9 @@ class Pool:
                         self._rest(slot, handle, exc)
                     continue
                 self.running[future] = handle
+                if slot.index in self.warned:
+                    self.warned.discard(slot.index)
+                    log.info("slot %d: a worker started again", slot.index)
                 log.info(
                     "\t#%d : %s (slot %d)",
                     handle.idx,
@@ -186,7 +191,11 @@ class Pool:
                     slot.index,
                 )
                 break
-        if self.queue and not self.running and not self.free and self.interrupted is None:
+        self.stuck = bool(self.queue and not self.running and not self.free)
+
+    def _stop_if_stuck(self) -> None:
+        """Nothing runs and every slot rests: nothing would ever start the queued jobs."""
+        if self.stuck and not self.running and self.interrupted is None:
             raise NoWorkerError(
                 f"no worker process could start in any of the {len(self.slots)} slot(s) "
                 f"({self.start_error}) and no job runs: the sweep stops with "
@@ -216,7 +225,9 @@ class Pool:
 
     def wait_any(self) -> list[Handle]:
         """The first running jobs to end (blocking until one does), their slots freed, and the
-        resting slots with them; then the queue's next jobs start."""
+        resting slots with them; then the queue's next jobs start. Jobs that ended are always
+        returned: a sweep that cannot go on stops at the next call."""
+        self._stop_if_stuck()
         ended = []
         done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
         for future in done:
@@ -264,8 +275,8 @@ def launch(launcher: Any, job_overrides: Any, initial_job_idx: int) -> list[JobR
     pool = launcher.pool()
     try:
         handles = [pool.submit(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
-        while pool.running:
-            pool.wait_any()
+        while pool.running or (pool.queue and pool.interrupted is None):
+            pool.wait_any()  # a queue with nothing running: every slot rests, it raises
     except BaseException:  # a signal to the parent: its jobs have saved (SweepReport)
         pool.close()
         raise

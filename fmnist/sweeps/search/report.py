@@ -50,6 +50,8 @@ class TrialReport(Callback):
             return  # a budgeted run's second evaluation within a tenth of its schedule
         value = row[state.monitor]
         self.trial.report(value, step=step)
+        if state.budget is not None and not earlier:
+            return  # its steps are percents: the pruners' warm-up (in steps) would not cover it
         if state.epoch < state.cfg.epochs and self.trial.should_prune():
             state.should_stop = (
                 f"pruned at epoch {state.epoch} by {type(self.trial.study.pruner).__name__}: "

@@ -16,7 +16,8 @@ JOURNAL = "optuna.journal"  # the study's default file in the sweep directory
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # count toward n_trials
 PRUNERS = {  # name -> (class, settings); the settings are Optuna's defaults unless noted
     # no pruning until 3 trials have finished, nor in the first epoch (its noise is largest);
-    # a trial's steps are its epochs, 1-based, so warm-up 2 = steps 0 and 1
+    # a trial's steps are its epochs, 1-based, so warm-up 2 = steps 0 and 1 (a budgeted trial's
+    # are percents of its schedule, and its first evaluation is never pruned: search/report.py)
     "median": (optuna.pruners.MedianPruner, {"n_startup_trials": 3, "n_warmup_steps": 2}),
     "successive_halving": (optuna.pruners.SuccessiveHalvingPruner, {}),
     "hyperband": (optuna.pruners.HyperbandPruner, {}),
