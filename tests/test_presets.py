@@ -14,7 +14,8 @@ from tests.conftest import CONF, compose_cfg
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_preset_runs_a_few_batches(preset, data_root, tmp_path):
     cfg = compose_cfg(
-        [f"experiment={preset}", "epochs=1", "limit_train_batches=2", "limit_test_batches=1"],
+        [f"experiment={preset}", "epochs=1", "limit_train_batches=2", "limit_test_batches=1"]
+        + ["data.eval_batch_size=256"],  # a batch of each split: its check, not its size
         data_root,
         output_dir=tmp_path,
     )
