@@ -76,7 +76,11 @@ def test_the_readme_sweep_runs_as_one_array_job(slurm, tmp_path):
     ids = [j["job_id"] for j in jobs.values()]
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array job
     assert "=== sweep summary" in done.stdout and done.stdout.count("completed") >= 4
-    states = slurm_states(ids)
+    # the sweep ends once each job's result is written; a job's process may still be exiting
+    deadline = time.time() + 60
+    while {*(states := slurm_states(ids)).values()} & {"RUNNING", "COMPLETING"}:
+        assert time.time() < deadline, states
+        time.sleep(0.5)
     assert [states[i] for i in ids] == ["COMPLETED"] * 4
     for job in jobs.values():
         status = json.loads((Path(job["dir"]) / "status.json").read_text())
