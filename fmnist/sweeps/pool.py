@@ -5,11 +5,11 @@ one, a disjoint set of cores: the job's threads are its cores, pinned where the 
 Each slot keeps one worker process alive between jobs (loky's executor, as joblib's workers do):
 a job does not pay `import torch` again, and it is still a clean run (its own seed, threads,
 logger, status). A worker that dies fails its job alone; the slot gets a new worker. A slot where
-no worker can start (the machine out of processes or memory) rests until another job ends, its job
-waiting for the next slot; when nothing runs and every slot rests, the sweep stops in one line
-(the same command resumes it). Ctrl-C and
-SIGTERM stop the sweep as under joblib: every started job saves and ends `interrupted`; so does
-kill -9 of the sweep's parent (its workers notice and stop).
+no worker can start (the machine out of processes or memory) rests until another job ends, its
+job waiting for the next slot; when nothing runs and every slot rests, the sweep stops in one
+line (the same command resumes it). Ctrl-C and SIGTERM stop the sweep as under joblib: every
+started job saves and ends `interrupted`; so does kill -9 of the sweep's parent (its workers
+notice and stop).
 """
 
 from __future__ import annotations
@@ -144,7 +144,6 @@ class Pool:
         self.resting: list[Slot] = []  # no worker could start there: back when a job ends
         self.warned: set[int] = set()  # slots whose rest was logged
         self.start_error = ""  # why the last worker could not start
-        self.stuck = False  # jobs queued, none running, every slot resting
         self.executors: dict[int, Any] = {}
         self.queue: deque[Handle] = deque()
         self.running: dict[Future, Handle] = {}
@@ -191,11 +190,11 @@ class Pool:
                     slot.index,
                 )
                 break
-        self.stuck = bool(self.queue and not self.running and not self.free)
 
     def _stop_if_stuck(self) -> None:
         """Nothing runs and every slot rests: nothing would ever start the queued jobs."""
-        if self.stuck and not self.running and self.interrupted is None:
+        stuck = self.queue and not self.running and not self.free  # after a dispatch
+        if stuck and self.interrupted is None:
             raise NoWorkerError(
                 f"no worker process could start in any of the {len(self.slots)} slot(s) "
                 f"({self.start_error}) and no job runs: the sweep stops with "
