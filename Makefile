@@ -7,7 +7,7 @@ PORT   ?= 6006
 LOGDIR ?= outputs
 ARGS   ?=
 
-.PHONY: install data train test lint format tensorboard compare bench clean
+.PHONY: install data train test lint format tensorboard compare bench gpu-bundle clean
 
 install: $(STAMP) data  ## venv + editable package with dev extras + the data set (idempotent)
 
@@ -49,6 +49,9 @@ bench: install  ## speed benchmark against the article's loop (writes bench.json
 	$(BIN)/python scripts/bench.py $(ARGS)
 	$(BIN)/python scripts/bench_fused.py
 	$(BIN)/python scripts/bench_pool.py
+
+gpu-bundle: install  ## wheels + data set for scripts/gpu-check --bundle on a GPU machine without internet
+	$(BIN)/python scripts/gpu_bundle.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -9,12 +9,19 @@ which GPU and cores each job got, and whether they overlapped), and `experiment=
 `budget_min` set to the time left (at most its 5-minute target). Writes gpu-check.json (machine,
 GPU, commit, each step's status, seconds and figures) after every step and every step's output to
 gpu-check.log, both in --out-dir, so a check cut short keeps what it did. Without CUDA it says so.
+
+A GPU machine without internet: `make gpu-bundle` on a machine with it, copy the checkout with its
+gpu-bundle/ folder, then `scripts/gpu-check --bundle gpu-bundle` there: the wheels that machine's
+Python lacks are installed into --out-dir (no index, no network) and the data set is decompressed
+from the bundle. `--preflight` runs only what needs no GPU (the packages, the data set, one tiny
+run and a tiny pool sweep on the CPU), to try a bundle before it travels.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -27,7 +34,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-PATHS = os.environ.get("PYTHONPATH", "")  # the checkout first: a python without the .venv's link
+# the checkout first (a python without the .venv's link), then a bundle's wheels, then the caller's
+PATHS = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+# what the steps import; a bundle brings the pure-Python ones, the machine's Python the others
+REQUIRED = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "tensorboard", "psutil")
+REQUIRED += ("hydra", "omegaconf", "platformdirs", "joblib", "submitit", "tqdm", "pytest")
 BEST_GPU_TARGET_MIN = 5.0  # experiment=best_gpu's target: 0.955 within 5 minutes
 
 
@@ -41,7 +52,7 @@ def run(cmd: list[str], timeout: float, cwd: Path, log: Path) -> tuple[str, floa
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
         at = out.tell()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), PATHS]))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *PATHS])}
         proc = subprocess.Popen(
             cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -112,11 +123,79 @@ def pool_figure(sweep: Path) -> dict:
     return {"jobs": jobs, "all_on_cuda": on_cuda, "jobs_overlapped": overlapped}
 
 
+def use_bundle(bundle: Path, site: Path) -> list[str]:
+    """Install the bundle's wheels whose distribution this Python lacks into `site` (no index,
+    no network: the others stay as the machine has them), put `site` on the path of this process
+    and of every step, and let the data set come from the bundle's compressed files. Returns the
+    wheels installed."""
+    from importlib import metadata
+
+    wheels = sorted((bundle / "wheels").glob("*.whl"))
+    if not wheels or not (bundle / "data").is_dir():
+        raise SystemExit(f"gpu-check: {bundle} is not a bundle (make gpu-bundle writes one)")
+    missing = []
+    for wheel in wheels:
+        try:
+            metadata.distribution(wheel.name.split("-")[0])
+        except metadata.PackageNotFoundError:
+            missing.append(wheel)
+    if missing:
+        cmd = [PY, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--upgrade"]
+        cmd += ["--target", str(site), *map(str, missing)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise SystemExit(f"gpu-check: installing the bundle's wheels failed: {why}")
+        sys.path.insert(0, str(site))
+        PATHS.insert(0, str(site))
+    os.environ["FMNIST_DEBIAN_DIR"] = str(bundle.resolve() / "data")  # read where files lack
+    return [w.name.split("-")[0] for w in missing]
+
+
+def preflight(out: Path) -> int:
+    """The steps that need no GPU, on the CPU: what a bundle or a new machine is tried with."""
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    log = out / "gpu-check.log"
+    log.write_text("")
+    tiny = ["callbacks.progress.bar=false", "device=cpu", "epochs=1"]
+    tiny += ["limit_train_batches=2", "limit_test_batches=1"]
+    steps = {
+        "data set (no download)": [PY, "-m", "fmnist.data.prepare", "--no-download"],
+        "a tiny run, cpu": [PY, str(ROOT / "train.py"), *tiny, f"hydra.run.dir={work / 'run'}"],
+        "a tiny pool sweep, cpu": [PY, str(ROOT / "train.py"), "-m", "hydra/launcher=pool"]
+        + [*tiny, "seed=0,1", f"hydra.sweep.dir={work / 'pool'}"],
+    }
+    rows = []
+    for name, cmd in steps.items():
+        status, seconds, tail = run(cmd, 300, work, log)
+        rows.append({"step": name, "status": status, "seconds": round(seconds, 1), "last": tail})
+        print(f"{name:<36} {status:<18} {seconds:7.1f} s  {tail}", flush=True)
+    (out / "preflight.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-s", type=float, default=480, help="the whole check's time")
     parser.add_argument("--out-dir", default=str(ROOT / "gpu-check"), help="json and log here")
+    parser.add_argument("--bundle", help="a folder from `make gpu-bundle`: no internet needed")
+    parser.add_argument("--preflight", action="store_true", help="only what needs no GPU")
     args = parser.parse_args()
+    if args.bundle:
+        site = Path(args.out_dir).resolve() / "site-packages"
+        installed = use_bundle(Path(args.bundle), site)
+        print(f"gpu-check: installed from the bundle: {', '.join(installed) or 'nothing'}")
+    lacking = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+    if lacking:
+        print(
+            f"gpu-check: this Python lacks {', '.join(lacking)}: `make install` (with internet), "
+            "or `make gpu-bundle` on a machine with internet and --bundle DIR here",
+            file=sys.stderr,
+        )
+        return 1
+    if args.preflight:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        return preflight(Path(args.out_dir))
     import torch
 
     if not torch.cuda.is_available():

@@ -73,3 +73,54 @@ def test_without_cuda_the_check_says_so_in_one_line(tmp_path):
         "gpu-check: no CUDA GPU here; nothing to check"
     ]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_python_without_the_projects_packages_is_told_in_one_line(tmp_path):
+    # -S: no site-packages at all, as a bare Python on a new GPU machine
+    script = ROOT / "scripts" / "gpu_check.py"
+    cmd = [sys.executable, "-S", str(script), "--out-dir", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("gpu-check: this Python lacks torch, ") and "gpu-bundle" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_installs_offline_only_the_wheels_this_python_lacks(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "fmnist_bundle_probe").mkdir(parents=True)
+    (src / "fmnist_bundle_probe" / "__init__.py").write_text("ANSWER = 42\n")
+    (src / "pyproject.toml").write_text(
+        '[project]\nname = "fmnist-bundle-probe"\nversion = "1.0"\n'
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+    )
+    bundle = tmp_path / "bundle"
+    wheels = bundle / "wheels"
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index"]
+    cmd += ["--no-build-isolation", "-w", str(wheels), str(src)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    (wheels / "psutil-0.0-py3-none-any.whl").write_bytes(b"not a wheel")  # installed: skipped
+    (bundle / "data").mkdir()
+    monkeypatch.setattr(gpu_check, "PATHS", [])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("FMNIST_DEBIAN_DIR", "unset")
+    site = tmp_path / "site"
+    assert gpu_check.use_bundle(bundle, site) == ["fmnist_bundle_probe"]
+    site_paths = gpu_check.PATHS
+    assert site_paths == [str(site)]
+    assert Path(gpu_check.os.environ["FMNIST_DEBIAN_DIR"]) == (bundle / "data").resolve()
+    log = tmp_path / "log"
+    probe = [sys.executable, "-c", "import fmnist_bundle_probe as p; print(p.ANSWER)"]
+    assert gpu_check.run(probe, 60, tmp_path, log)[::2] == ("ok", "42")  # a step finds it
+    with pytest.raises(SystemExit, match="is not a bundle"):
+        gpu_check.use_bundle(tmp_path / "src", site)
+
+
+def test_the_bundle_holds_the_pure_python_closure_and_leaves_torch_to_the_machine():
+    spec = importlib.util.spec_from_file_location("gpu_bundle", ROOT / "scripts" / "gpu_bundle.py")
+    gpu_bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_bundle)
+    dists = gpu_bundle.closure()
+    assert {"hydra-core", "omegaconf", "antlr4-python3-runtime", "pytest", "torch"} <= set(dists)
+    assert not [name for name in dists if name.startswith("nvidia-")]  # torch's own, not walked
+    assert gpu_bundle.is_pure(dists["hydra-core"]) and not gpu_bundle.is_pure(dists["torch"])
