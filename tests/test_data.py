@@ -62,18 +62,21 @@ def test_bad_header_and_corrupt_content_are_errors(data_root, tmp_path):
         load_tensors(tmp_path)
 
 
-def test_debian_files_are_decompressed(data_root, tmp_path, monkeypatch):
-    debian = tmp_path / "debian"
-    debian.mkdir()
+@pytest.mark.parametrize("where", ["debian", "beside"])
+def test_gz_files_are_decompressed_from_debian_or_beside_them(
+    where, data_root, tmp_path, monkeypatch
+):
+    root = tmp_path / "root"
+    gz = tmp_path / "debian" if where == "debian" else raw_dir(root)
+    gz.mkdir(parents=True)
     for spec in FILES:  # recompressed like Debian's (so torchvision's md5 would not match)
         with (
             (raw_dir(data_root) / spec.name).open("rb") as fin,
-            gzip.open(debian / f"{spec.name}.gz", "wb", compresslevel=1) as fout,
+            gzip.open(gz / f"{spec.name}.gz", "wb", compresslevel=1) as fout,
         ):
             shutil.copyfileobj(fin, fout)
-    monkeypatch.setattr(sources, "DEBIAN_DIR", debian)
-    root = tmp_path / "root"
-    ensure_data(root, download=False)
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "debian")
+    ensure_data(root, download=False)  # no network: the .gz the error message invites suffice
     assert all((raw_dir(root) / spec.name).stat().st_size == spec.size for spec in FILES)
 
 

@@ -1,6 +1,7 @@
 """Find, check and prepare the four Fashion-MNIST IDX files in torchvision's layout.
 
-Order of sources when files are missing: already under `root`; Debian's `dataset-fashion-mnist`
+Order of sources when files are missing: already under `root`, or their .gz there; Debian's
+`dataset-fashion-mnist`
 (`/usr/share/datasets/fashion-mnist`, recompressed, so torchvision's gz md5 list does not apply);
 torchvision's download; `apt-get install dataset-fashion-mnist` when root on Debian, only
 from `fmnist-data` (training never installs system packages). Files that are
@@ -127,11 +128,16 @@ def _missing(root: Path) -> list[IdxFile]:
     return [spec for spec in FILES if not (raw_dir(root) / spec.name).exists()]
 
 
-def _from_debian(root: Path, say: Callable[[str], None]) -> bool:
-    sources = [DEBIAN_DIR / f"{spec.name}.gz" for spec in _missing(root)]
-    if not sources or not all(src.exists() for src in sources):
+def _from_gz(root: Path, say: Callable[[str], None]) -> bool:
+    """The missing files from their .gz in the folder itself (put there by hand, or left by an
+    earlier download), else from Debian's package (or the folder FMNIST_DEBIAN_DIR names)."""
+    for folder in (raw_dir(root), DEBIAN_DIR):
+        sources = [folder / f"{spec.name}.gz" for spec in _missing(root)]
+        if sources and all(src.exists() for src in sources):
+            break
+    else:
         return False
-    say(f"Decompressing Fashion-MNIST from {DEBIAN_DIR} into {raw_dir(root)}")
+    say(f"Decompressing Fashion-MNIST from {folder} into {raw_dir(root)}")
     for src in sources:
         dest = raw_dir(root) / src.name.removesuffix(".gz")
         tmp = dest.with_name(dest.name + ".part")
@@ -187,7 +193,7 @@ def ensure_data(
             return raw_dir(root)
         raw_dir(root).mkdir(parents=True, exist_ok=True)
         tried = []
-        if _from_debian(root, say):
+        if _from_gz(root, say):
             pass
         elif not download:
             tried.append("downloads are off (data.download=false)")
@@ -198,7 +204,7 @@ def ensure_data(
             apt_err = (
                 _from_apt(say) if system_packages else "not tried by training: run fmnist-data"
             )
-            if apt_err is None and _from_debian(root, say):
+            if apt_err is None and _from_gz(root, say):
                 pass
             else:
                 tried.append(f"apt-get: {apt_err or 'package had no files'}")
