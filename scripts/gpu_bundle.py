@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -63,6 +64,31 @@ def is_pure(dist: metadata.Distribution) -> bool:
     return bool(tags) and all(t.endswith("-none-any") for t in tags)
 
 
+def write(out: Path, pure: dict, compiled: dict, raw: Path, files: tuple) -> bool:
+    """The wheels, the gzipped IDX files and the manifest into `out`; False (said why) when pip
+    fails or gives a wheel for this platform only."""
+    wheels, data = out / "wheels", out / "data"
+    # pip takes a project's wheel where one is published, and builds one from its sources where
+    # none is (antlr4-python3-runtime 4.9.3, which Hydra pins, publishes only sources)
+    pins = [f"{name}=={version}" for name, version in pure.items()]
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), *pins]
+    if subprocess.run(cmd).returncode != 0:
+        print("gpu-bundle: pip could not fetch the wheels (no internet here?)", file=sys.stderr)
+        return False
+    platform_only = [w.name for w in wheels.glob("*.whl") if not w.stem.endswith("-none-any")]
+    if platform_only:
+        print(f"gpu-bundle: wheels for this platform only: {platform_only}", file=sys.stderr)
+        return False
+    data.mkdir()
+    for spec in files:  # the GPU machine decompresses them (FMNIST_DEBIAN_DIR)
+        source, dest = raw / spec.name, data / f"{spec.name}.gz"
+        with source.open("rb") as fin, gzip.open(dest, "wb", compresslevel=6) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    manifest = {"python": sys.version.split()[0], "wheels": pure, "from_the_machine": compiled}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "gpu-bundle"), help="the bundle's folder")
@@ -71,32 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     from fmnist.paths import data_root
 
     out = Path(args.out)
-    wheels, data = out / "wheels", out / "data"
+    try:
+        verify_raw(data_root())  # every byte, first: a damaged file never travels
+    except DataError as exc:
+        print(f"gpu-bundle: {exc}", file=sys.stderr)
+        return 1
     dists = closure()
     dists.pop("fmnist", None)  # the checkout itself travels as source
     pure = {n: d.version for n, d in sorted(dists.items()) if is_pure(d)}
     compiled = {n: d.version for n, d in sorted(dists.items()) if not is_pure(d)}
-    shutil.rmtree(wheels, ignore_errors=True)
-    wheels.mkdir(parents=True)
-    # pip takes a project's wheel where one is published, and builds one from its sources where
-    # none is (antlr4-python3-runtime 4.9.3, which Hydra pins, publishes only sources)
-    pins = [f"{name}=={version}" for name, version in pure.items()]
-    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), *pins]
-    if subprocess.run(cmd).returncode != 0:
-        print("gpu-bundle: pip could not fetch the wheels (no internet here?)", file=sys.stderr)
-        return 1
-    try:
-        verify_raw(data_root())  # every byte: a damaged file never travels
-    except DataError as exc:
-        print(f"gpu-bundle: {exc}", file=sys.stderr)
-        return 1
-    data.mkdir(parents=True, exist_ok=True)
-    for spec in FILES:  # the GPU machine decompresses them (FMNIST_DEBIAN_DIR)
-        source, dest = raw_dir(data_root()) / spec.name, data / f"{spec.name}.gz"
-        with source.open("rb") as fin, gzip.open(dest, "wb", compresslevel=6) as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-    manifest = {"python": sys.version.split()[0], "wheels": pure, "from_the_machine": compiled}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # the old one stays
+    try:  # ...until the new one is whole
+        if not write(new, pure, compiled, raw_dir(data_root()), FILES):
+            return 1
+        shutil.rmtree(out, ignore_errors=True)
+        new.rename(out)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(
         f"gpu-bundle: {len(pure)} wheels and the data set in {out} ({size / 2**20:.1f} MiB); "

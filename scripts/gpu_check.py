@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import json
 import os
@@ -39,6 +40,7 @@ PATHS = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 # what the steps import; a bundle brings the pure-Python ones, the machine's Python the others
 REQUIRED = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "tensorboard", "psutil")
 REQUIRED += ("hydra", "omegaconf", "platformdirs", "joblib", "submitit", "tqdm", "pytest")
+REQUIRED += ("yaml", "google.protobuf")  # compiled, under omegaconf and tensorboard
 BEST_GPU_TARGET_MIN = 5.0  # experiment=best_gpu's target: 0.955 within 5 minutes
 
 
@@ -149,13 +151,38 @@ def use_bundle(bundle: Path, site: Path) -> list[str]:
         sys.path.insert(0, str(site))
         PATHS.insert(0, str(site))
     os.environ["FMNIST_DEBIAN_DIR"] = str(bundle.resolve() / "data")  # read where files lack
+    importlib.invalidate_caches()
     return [w.name.split("-")[0] for w in missing]
+
+
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
+
+
+def lacking(bundle: Path | None) -> list[str]:
+    """The modules the steps import and, with a bundle, the compiled distributions its wheels
+    need (its manifest lists them: they must come with this machine's Python)."""
+    names = [module for module in REQUIRED if not importable(module)]
+    if bundle is not None:
+        from importlib import metadata
+
+        manifest = read_json(bundle / "manifest.json")
+        needed = manifest.get("from_the_machine", {}) if isinstance(manifest, dict) else {}
+        for dist in needed:
+            try:
+                metadata.distribution(dist)
+            except metadata.PackageNotFoundError:
+                names.append(dist)
+    return list(dict.fromkeys(names))
 
 
 def preflight(out: Path) -> int:
     """The steps that need no GPU, on the CPU: what a bundle or a new machine is tried with."""
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    log = out / "gpu-check.log"
+    log = out / "preflight.log"
     log.write_text("")
     tiny = ["callbacks.progress.bar=false", "device=cpu", "epochs=1"]
     tiny += ["limit_train_batches=2", "limit_test_batches=1"]
@@ -185,11 +212,12 @@ def main() -> int:
         site = Path(args.out_dir).resolve() / "site-packages"
         installed = use_bundle(Path(args.bundle), site)
         print(f"gpu-check: installed from the bundle: {', '.join(installed) or 'nothing'}")
-    lacking = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
-    if lacking:
+    missing = lacking(Path(args.bundle) if args.bundle else None)
+    if missing:
         print(
-            f"gpu-check: this Python lacks {', '.join(lacking)}: `make install` (with internet), "
-            "or `make gpu-bundle` on a machine with internet and --bundle DIR here",
+            f"gpu-check: this Python lacks {', '.join(missing)}: `make install` (with internet), "
+            "or --bundle DIR from `make gpu-bundle` for the pure-Python ones (compiled ones, "
+            "such as torch, numpy or pyyaml, come with this machine's Python)",
             file=sys.stderr,
         )
         return 1

@@ -80,6 +80,26 @@ def test_gz_files_are_decompressed_from_debian_or_beside_them(
     assert all((raw_dir(root) / spec.name).stat().st_size == spec.size for spec in FILES)
 
 
+def test_a_damaged_gz_beside_them_is_passed_over_for_debians(data_root, tmp_path, monkeypatch):
+    root, debian = tmp_path / "root", tmp_path / "debian"
+    for folder in (raw_dir(root), debian):
+        folder.mkdir(parents=True)
+        for spec in FILES:
+            with (
+                (raw_dir(data_root) / spec.name).open("rb") as fin,
+                gzip.open(folder / f"{spec.name}.gz", "wb", compresslevel=1) as fout,
+            ):
+                shutil.copyfileobj(fin, fout)
+    damaged = raw_dir(root) / "train-images-idx3-ubyte.gz"  # an interrupted download's
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    monkeypatch.setattr(sources, "DEBIAN_DIR", debian)
+    said = []
+    ensure_data(root, download=False, say=said.append)
+    assert any("is damaged: not used" in line for line in said), said
+    assert all((raw_dir(root) / spec.name).stat().st_size == spec.size for spec in FILES)
+    assert not list(raw_dir(root).glob("*.part"))
+
+
 def test_missing_everywhere_names_every_way(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "nowhere")
     with pytest.raises(DataError) as info:

@@ -99,7 +99,7 @@ def test_a_bundle_installs_offline_only_the_wheels_this_python_lacks(tmp_path, m
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index"]
     cmd += ["--no-build-isolation", "-w", str(wheels), str(src)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-    (wheels / "psutil-0.0-py3-none-any.whl").write_bytes(b"not a wheel")  # installed: skipped
+    (wheels / "hydra_core-0.0-py3-none-any.whl").write_bytes(b"not a wheel")  # installed: skipped
     (bundle / "data").mkdir()
     monkeypatch.setattr(gpu_check, "PATHS", [])
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -114,6 +114,11 @@ def test_a_bundle_installs_offline_only_the_wheels_this_python_lacks(tmp_path, m
     assert gpu_check.run(probe, 60, tmp_path, log)[::2] == ("ok", "42")  # a step finds it
     with pytest.raises(SystemExit, match="is not a bundle"):
         gpu_check.use_bundle(tmp_path / "src", site)
+    # the compiled distributions its wheels need must come with this Python: named when missing
+    needed = {"from_the_machine": {"numpy": "2", "no-such-distribution": "1"}}
+    (bundle / "manifest.json").write_text(json.dumps(needed))
+    assert gpu_check.lacking(bundle) == ["no-such-distribution"]
+    assert gpu_check.lacking(None) == []
 
 
 def test_the_bundle_holds_the_pure_python_closure_and_leaves_torch_to_the_machine():
@@ -122,5 +127,6 @@ def test_the_bundle_holds_the_pure_python_closure_and_leaves_torch_to_the_machin
     spec.loader.exec_module(gpu_bundle)
     dists = gpu_bundle.closure()
     assert {"hydra-core", "omegaconf", "antlr4-python3-runtime", "pytest", "torch"} <= set(dists)
-    assert not [name for name in dists if name.startswith("nvidia-")]  # torch's own, not walked
+    torchs = [name for name in dists if name.startswith(("nvidia-", "cuda-")) or name == "sympy"]
+    assert not torchs  # torch's own requirements are not walked: the machine's PyTorch has them
     assert gpu_bundle.is_pure(dists["hydra-core"]) and not gpu_bundle.is_pure(dists["torch"])

@@ -1,11 +1,12 @@
 """Find, check and prepare the four Fashion-MNIST IDX files in torchvision's layout.
 
-Order of sources when files are missing: already under `root`, or their .gz there; Debian's
-`dataset-fashion-mnist`
-(`/usr/share/datasets/fashion-mnist`, recompressed, so torchvision's gz md5 list does not apply);
-torchvision's download; `apt-get install dataset-fashion-mnist` when root on Debian, only
-from `fmnist-data` (training never installs system packages). Files that are
-present but truncated or corrupt are never used nor silently replaced: the error says how to fix.
+Order of sources when files are missing: already under `root`, or their .gz there; the .gz of
+Debian's `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`, recompressed, so
+torchvision's gz md5 list does not apply; `$FMNIST_DEBIAN_DIR` names another folder of the four
+.gz, as a GPU check's bundle does); torchvision's download; `apt-get install
+dataset-fashion-mnist` when root on Debian, only from `fmnist-data` (training never installs
+system packages). Files that are present but truncated or corrupt are never used nor silently
+replaced: the error says how to fix.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import struct
 import subprocess
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -130,20 +132,31 @@ def _missing(root: Path) -> list[IdxFile]:
 
 def _from_gz(root: Path, say: Callable[[str], None]) -> bool:
     """The missing files from their .gz in the folder itself (put there by hand, or left by an
-    earlier download), else from Debian's package (or the folder FMNIST_DEBIAN_DIR names)."""
+    earlier download), else from Debian's package (or the folder FMNIST_DEBIAN_DIR names). A
+    damaged .gz is passed over (a download replaces it), never half used."""
     for folder in (raw_dir(root), DEBIAN_DIR):
-        sources = [folder / f"{spec.name}.gz" for spec in _missing(root)]
-        if sources and all(src.exists() for src in sources):
-            break
-    else:
-        return False
-    say(f"Decompressing Fashion-MNIST from {folder} into {raw_dir(root)}")
-    for src in sources:
-        dest = raw_dir(root) / src.name.removesuffix(".gz")
-        tmp = dest.with_name(dest.name + ".part")
+        specs = _missing(root)
+        if not specs or not all((folder / f"{spec.name}.gz").exists() for spec in specs):
+            continue
+        say(f"Decompressing Fashion-MNIST from {folder} into {raw_dir(root)}")
+        for spec in specs:
+            if not _decompress(folder / f"{spec.name}.gz", spec, root):
+                say(f"{folder / spec.name}.gz is damaged: not used")
+                break
+    return not _missing(root)
+
+
+def _decompress(src: Path, spec: IdxFile, root: Path) -> bool:
+    dest = raw_dir(root) / spec.name
+    tmp = dest.with_name(dest.name + ".part")
+    try:
         with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
-        os.replace(tmp, dest)  # atomic: a crash never leaves a half file under the real name
+        check_file(tmp, spec, root)
+    except (EOFError, zlib.error, gzip.BadGzipFile, DataError):  # not a disk that is full
+        tmp.unlink(missing_ok=True)
+        return False
+    os.replace(tmp, dest)  # atomic: a crash never leaves a half file under the real name
     return True
 
 
