@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def use_bundle(bundle: Path, site: Path) -> list[str]:
     wheels = sorted((bundle / "wheels").glob("*.whl"))
     if not wheels or not (bundle / "data").is_dir():
         raise SystemExit(f"gpu-check: {bundle} is not a bundle (make gpu-bundle writes one)")
+    shutil.rmtree(site, ignore_errors=True)  # nothing of an earlier check's install stays
     missing = []
     for wheel in wheels:
         try:
@@ -182,6 +184,8 @@ def lacking(bundle: Path | None) -> list[str]:
 def preflight(out: Path) -> int:
     """The steps that need no GPU, on the CPU: what a bundle or a new machine is tried with."""
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    if "FMNIST_DEBIAN_DIR" in os.environ:  # a bundle's data: decompressed here, not found ready
+        os.environ["FMNIST_DATA"] = str(work / "data")
     log = out / "preflight.log"
     log.write_text("")
     tiny = ["callbacks.progress.bar=false", "device=cpu", "epochs=1"]

@@ -100,6 +100,17 @@ def test_a_damaged_gz_beside_them_is_passed_over_for_debians(data_root, tmp_path
     assert not list(raw_dir(root).glob("*.part"))
 
 
+def test_a_damaged_gz_and_no_other_source_is_named_in_the_error(data_root, tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    raw_dir(root).mkdir(parents=True)
+    for spec in FILES:
+        (raw_dir(root) / f"{spec.name}.gz").write_bytes(b"\x1f\x8b not really gzip")
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz is damaged \(delete it\)"):
+        ensure_data(root, download=False)
+    assert not list(raw_dir(root).glob("*.part"))
+
+
 def test_missing_everywhere_names_every_way(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "nowhere")
     with pytest.raises(DataError) as info:

@@ -130,10 +130,10 @@ def _missing(root: Path) -> list[IdxFile]:
     return [spec for spec in FILES if not (raw_dir(root) / spec.name).exists()]
 
 
-def _from_gz(root: Path, say: Callable[[str], None]) -> bool:
+def _from_gz(root: Path, say: Callable[[str], None], tried: list[str]) -> bool:
     """The missing files from their .gz in the folder itself (put there by hand, or left by an
     earlier download), else from Debian's package (or the folder FMNIST_DEBIAN_DIR names). A
-    damaged .gz is passed over (a download replaces it), never half used."""
+    damaged .gz is passed over (a download replaces it), never half used, and named in `tried`."""
     for folder in (raw_dir(root), DEBIAN_DIR):
         specs = _missing(root)
         if not specs or not all((folder / f"{spec.name}.gz").exists() for spec in specs):
@@ -142,6 +142,7 @@ def _from_gz(root: Path, say: Callable[[str], None]) -> bool:
         for spec in specs:
             if not _decompress(folder / f"{spec.name}.gz", spec, root):
                 say(f"{folder / spec.name}.gz is damaged: not used")
+                tried.append(f"{folder / spec.name}.gz is damaged (delete it)")
                 break
     return not _missing(root)
 
@@ -206,7 +207,7 @@ def ensure_data(
             return raw_dir(root)
         raw_dir(root).mkdir(parents=True, exist_ok=True)
         tried = []
-        if _from_gz(root, say):
+        if _from_gz(root, say, tried):
             pass
         elif not download:
             tried.append("downloads are off (data.download=false)")
@@ -217,7 +218,7 @@ def ensure_data(
             apt_err = (
                 _from_apt(say) if system_packages else "not tried by training: run fmnist-data"
             )
-            if apt_err is None and _from_gz(root, say):
+            if apt_err is None and _from_gz(root, say, tried):
                 pass
             else:
                 tried.append(f"apt-get: {apt_err or 'package had no files'}")
