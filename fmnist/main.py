@@ -20,10 +20,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import fmnist.resolvers  # noqa: F401  (registers the resolvers conf/ uses)
-from fmnist.config import validate
 from fmnist.errors import EXPECTED, NonFiniteLossError
 from fmnist.paths import conf_dir
 from fmnist.run.status import objective
+from fmnist.validation import validate
 
 CONF_DIR = str(conf_dir())  # the wheel's fmnist/conf, or the checkout's conf/
 

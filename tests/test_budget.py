@@ -1,14 +1,18 @@
 """`budget_min`: a run that times itself and chooses its epochs to fit the minutes given."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from fmnist.config import ConfigError, evaluated_once, validate
-from fmnist.engine.budget import choose, recorded
+from fmnist.config import evaluated_once
+from fmnist.engine.budget import choose, decide, recorded
+from fmnist.errors import ConfigError
 from fmnist.run.directory import RunDirError
+from fmnist.validation import validate
 from tests.conftest import compose_cfg, run_train
 from tests.test_resume import start, wait_for_epoch
 
@@ -69,6 +73,8 @@ def test_budget_min_out_of_range_is_refused_naming_the_key(value):
         [1, 2],
         {**RECORD, "epochs": 0},
         {**RECORD, "epochs": True},  # a bool is an int to Python, not a count
+        {**RECORD, "model": ["width=64"]},
+        {**RECORD, "model": {"width": [64]}},
     ],
 )
 def test_a_budget_record_this_package_did_not_write_is_refused(tmp_path, record):
@@ -84,6 +90,46 @@ def test_a_budget_record_this_package_did_not_write_is_refused(tmp_path, record)
     assert recorded(tmp_path, minutes) is None
     (tmp_path / "provenance.json").write_text(json.dumps({"budget": RECORD}))
     assert recorded(tmp_path, minutes).epochs == 12
+
+
+def test_budget_models_wrong_in_type_or_range_are_one_line(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    from fmnist.engine.runner import check_config
+    from fmnist.models import ModelError
+
+    with pytest.raises(ConfigCompositionException) as refused:  # the schema's type
+        compose_cfg(["budget_models=[{min_epochs:many,model:{width:64}}]"])
+    assert "could not be converted to Integer" in str(refused.value.__cause__)
+    base = ["model=bn_cnn", "budget_min=1"]
+    for given, says in [
+        ("[{min_epochs:0,model:{width:64}}]", r"budget_models\[0\].min_epochs=0 is invalid"),
+        ("[{model:{width:64}},{model:{widht:64}}]", r"budget_models\[1\].model=.*not: widht\)"),
+        ("[{model:{width:wide}}]", r"budget_models\[0\].model=.*their kind \(not: width\)"),
+        ("[{model:{_target_:fmnist.models.resnet.ResNet}}]", r"\(not: _target_\)"),
+        ("[{min_epochs:3}]", r"budget_models\[0\].model=\{\} is invalid.*none given"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            validate(compose_cfg([*base, f"budget_models={given}"]))
+    with pytest.raises(ModelError, match="width"):  # built before any directory is touched
+        check_config(compose_cfg([*base, "budget_models=[{model:{width:0}}]"]))
+    # a run directory's record of a model that budget_models does not list: refused, not built
+    cfg = compose_cfg([*base, "budget_models=[{model:{width:8}}]"])
+    log = logging.getLogger("test")
+    for model in ({"w": 1}, {"width": "${oc.env:HOME}"}, {"width": 9}):
+        (tmp_path / "status.json").write_text(json.dumps({"budget": {**RECORD, "model": model}}))
+        with pytest.raises(RunDirError, match="budget_models does not list"):
+            decide(cfg, tmp_path, [], log)
+    (tmp_path / "status.json").write_text(json.dumps({"budget": {**RECORD, "model": {"width": 8}}}))
+    assert decide(cfg, tmp_path, [], log).model == {"width": 8}
+    assert (cfg.model.width, cfg.epochs) == (8, 12)  # the recorded choice, applied
+    # a model given on the command line is the model trained: a preset's list is not used
+    cfg = compose_cfg([*base, "budget_models=[{model:{width:8}}]", "model.width=16"])
+    assert decide(cfg, tmp_path / "new", ["model.width=16"], log) is None
+    assert cfg.budget_models is None and cfg.model.width == 16
+    cfg = compose_cfg([*base, "budget_models=[{model:{width:8}}]", "model.dropout=0.1"])
+    decide(cfg, tmp_path / "new", ["model.dropout=0.1"], log)  # not a setting the list changes
+    assert len(cfg.budget_models) == 1
 
 
 def test_the_fused_launcher_runs_budgeted_jobs_alone():
@@ -159,3 +205,59 @@ def test_kill9_then_the_same_command_resumes_with_the_epochs_chosen_first(tmp_pa
     status = read(run_dir, "status.json")
     assert status["status"] == "completed" and status["last_epoch"] == further
     assert read(run_dir, "results.json")[-1]["epoch"] == further
+
+
+@pytest.mark.slow
+def test_a_budget_trains_the_first_model_that_fits_and_a_resume_rebuilds_it(tmp_path):
+    """budget_models: a model of which too few epochs fit is passed over (one line), the next is
+    trained, recorded, and rebuilt by the same command after kill -9 (else its identity differs)."""
+    run_dir = tmp_path / "run"
+    small = "{width1:12,width2:16,width3:24}"
+    models = f"[{{min_epochs:100000,model:{{width1:8}}}},{{min_epochs:1,model:{small}}}]"
+    args = ["experiment=best", "budget_min=0.4", "limit_train_batches=30", "limit_test_batches=3"]
+    args += ["data.val_size=500", "tta_translate=0", "model.bn_momentum=0.5"]  # keeps budget_models
+    args += [f"budget_models={models}", f"hydra.run.dir={run_dir}"]
+    proc = start(args, cwd=tmp_path)
+    wait_for_epoch(run_dir, 2, proc)
+    proc.kill()
+    proc.wait()
+    done = run_train(args, cwd=tmp_path)
+    assert f"resuming {run_dir}" in done.stdout + done.stderr
+    status, rows = read(run_dir, "status.json"), read(run_dir, "results.json")
+    chosen = status["budget"]
+    widths = {"width1": 12, "width2": 16, "width3": 24}
+    assert status["status"] == "completed" and chosen["model"] == widths
+    assert read(run_dir, "provenance.json")["budget"] == chosen
+    assert {r["model.width1"] for r in rows} == {12} and len(rows) == chosen["epochs"]
+    log = (run_dir / "train.log").read_text()
+    passed = "budget_models[0] (model.width1=8) is not trained here: "
+    assert log.count(passed) == 1 and "fewer than its min_epochs=100000" in log  # timed once
+    named = "model.width1=12 model.width2=16 model.width3=24"
+    assert log.count(f"budget_min=0.4 (24 s): budget_models[1] ({named}), ") == 1
+    again = f"epochs={chosen['epochs']} eval_every={chosen['eval_every']} {named}"
+    assert f"The same run anywhere: {again}" in log
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    kwargs = ckpt["model_config"]["kwargs"]
+    assert kwargs["width1"] == 12 and kwargs["bn_momentum"] == 0.5
+    assert any(v.shape[0] == 24 for v in ckpt["model"].values() if v.ndim == 4)
+
+
+@pytest.mark.slow
+def test_where_no_budget_model_fits_the_model_as_set_is_trained(tmp_path, caplog):
+    from fmnist.engine.budget import size_to_budget
+
+    models = "[{min_epochs:100000,model:{width:4}},{min_epochs:100000,model:{width:6}}]"
+    cfg = compose_cfg(
+        ["budget_min=1", "model=bn_cnn", "model.width=8", "limit_train_batches=5"]
+        + ["limit_test_batches=2", "data.val_size=500", f"budget_models={models}"],
+        output_dir=tmp_path,
+    )
+    with caplog.at_level(logging.INFO):
+        budget = size_to_budget(cfg, tmp_path, logging.getLogger("fmnist.test"))
+    assert budget.model is None and cfg.model.width == 8 and cfg.epochs == budget.epochs >= 1
+    assert budget.overrides() == f"epochs={budget.epochs} eval_every={budget.eval_every}"
+    assert caplog.text.count("is not trained here") == 2
+    assert (
+        "budget_min=1 (60 s): " in caplog.text
+        and "budget_models[" not in caplog.text.split("budget_min=1 (60 s): ")[1]
+    )

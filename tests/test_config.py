@@ -5,8 +5,9 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from fmnist.config import ConfigError, validate
 from fmnist.engine.graphs import optimizer_options, want_graphs
+from fmnist.errors import ConfigError
+from fmnist.validation import validate
 from tests.conftest import CONF, compose_cfg, run_train
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from fmnist.data.augment import Augment
 from fmnist.data.loaders import MemoryLoader
@@ -65,7 +65,7 @@ def test_presets_say_what_they_claim():
 def test_time_to_accuracy_presets_say_what_they_claim():
     """experiment=fast and experiment=best: air_cnn with airbench's recipe; each comment in the
     YAML files is checked here."""
-    for name in ("fast", "best", "best_bf16", "best_gpu"):
+    for name in ("fast", "best", "best_gpu"):
         cfg = compose_cfg([f"experiment={name}"])
         assert cfg.choices.model == "air_cnn" and cfg.model.whiten_kernel == 2 and cfg.model.dirac
         assert cfg.choices.optimizer == "sgd" and cfg.optimizer.nesterov  # "Nesterov SGD"
@@ -93,16 +93,13 @@ def test_time_to_accuracy_presets_say_what_they_claim():
         assert compose_cfg(["experiment=best", f"debug={debug}"]).budget_min is None
     assert best.tta_translate == 1 and best.data.augment.crop_padding == 2
     assert best.runtime.bf16 == "auto"
-    wide = compose_cfg(["experiment=best_bf16"])  # best at widths 48/96/192, nothing else
-    assert (wide.model.width1, wide.model.width2, wide.model.width3) == (48, 96, 192)
-    same = [OmegaConf.to_container(c, resolve=False) for c in (wide, best)]
-    for c in same:
-        del c["model"]["width1"], c["model"]["width2"], c["model"]["width3"], c["hydra"]
-    assert same[0] == same[1]
+    (wide,) = best.budget_models  # "48/96/192 where 40+ epochs of it fit", else 32/64/128
+    assert wide.min_epochs == 40 and wide.model == {"width1": 48, "width2": 96, "width3": 192}
     gpu = compose_cfg(["experiment=best_gpu"])  # best, with airbench94's widths and batch
     assert (gpu.model.width1, gpu.model.width2, gpu.model.width3) == (64, 256, 256)
     assert (gpu.lr, gpu.batch_size, gpu.epochs, gpu.eval_every) == (1.5, 1024, 40, 5)
     assert gpu.budget_min is None  # "40 epochs as airbench sizes them"
+    assert gpu.budget_models is None  # "its own widths, not best's"
     assert gpu.tta_translate == 1 and gpu.data.augment.crop_padding == 2
     assert gpu.choices.scheduler == "triangle" and gpu.runtime.bf16 == "auto"
 

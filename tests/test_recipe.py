@@ -8,13 +8,13 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from fmnist.config import ConfigError
 from fmnist.data.tensors import load_tensors
 from fmnist.engine.build import build_run
 from fmnist.engine.graphs import load_optimizer_state
 from fmnist.engine.param_groups import param_groups
 from fmnist.engine.runner import train
 from fmnist.engine.schedulers import triangle
+from fmnist.errors import ConfigError
 from fmnist.hparams import flat_hparams
 from fmnist.models.air_cnn import AirCNN, Whitening
 from fmnist.tta import shift, tta_logits, views

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.config import ConfigError
+from fmnist.errors import ConfigError
 from fmnist.metrics import METRIC_NAMES
 from fmnist.run.files import read_object, write_json
 from fmnist.run.locking import FileLock

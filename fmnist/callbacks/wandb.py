@@ -16,7 +16,7 @@ from typing import Any
 
 from fmnist.callbacks.base import Callback, RunState
 from fmnist.callbacks.mlflow import metric_rows
-from fmnist.config import ConfigError
+from fmnist.errors import ConfigError
 from fmnist.run.files import read_object, write_json
 
 RECORD = "wandb.json"  # in the run directory: {run_id, logged}: the last epoch sent

@@ -24,14 +24,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmnist.config import ConfigError, validate
 from fmnist.data import DataError
 from fmnist.engine.build import build_run
 from fmnist.engine.fit import make_step
+from fmnist.errors import ConfigError
 from fmnist.hparams import flat_hparams
 from fmnist.main import CONF_DIR
 from fmnist.models import ModelError
 from fmnist.run.files import write_json
+from fmnist.validation import validate
 
 
 def compose_config(overrides: list[str], out: Path) -> DictConfig:

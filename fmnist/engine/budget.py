@@ -8,6 +8,10 @@ at its last epoch, not cut off), and the choice is recorded in status.json and p
 (the results hold the chosen `epochs` and `eval_every`): a resume continues with it instead of
 timing again, and `epochs=N` on the command line trains the run on further.
 
+`budget_models` makes a faster machine train a bigger model rather than more epochs: each of its
+models is timed in turn and the first of which at least its `min_epochs` fit is trained (its
+settings recorded with the choice), else `model` as set.
+
 The budget covers the timing, the real run's build after it (planned for, as a second build) and
 the training with its evaluations (`timing_s` + the run's `run_duration`); process start-up and
 the end-of-run figures come on top.
@@ -20,12 +24,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from fmnist.config import ConfigError, evaluated_once
+from fmnist.config import evaluated_once
 from fmnist.engine.signals import StopOnSignal
-from fmnist.engine.timing import WARM_UP_STEPS, release, throwaway, time_evaluation, time_steps
+from fmnist.engine.timing import WARM_UP_STEPS, time_model, with_model
+from fmnist.errors import ConfigError
 from fmnist.run.directory import RunDirError
 from fmnist.run.files import read_object
 from fmnist.run.provenance import PROVENANCE
@@ -35,8 +41,7 @@ FILL = 0.9  # the expected time aims at this share of the budget: noise must not
 EVAL_SHARE = 0.1  # evaluations take at most this share (eval_every is widened otherwise)
 TIMING_SHARE = 0.04  # timed steps take at most this share of the budget...
 TIMING_MAX_S = 10.0  # ...and at most this long
-EPOCH_OVERHEAD_S = 0.05  # per epoch: results, checkpoint, TensorBoard (measured: 20-60 ms)...
-ROW_S = 4e-5  # ...and per row so far: results files and last.pt hold every row (1,000: 46 ms)
+ROW_S = 4e-5  # per epoch and row so far: results files and last.pt hold every row (1,000: 46 ms)
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,15 @@ class Budget:
     eval_s: float  # one evaluation of val and test
     timing_s: float  # the throwaway build and the timing itself
     expected_s: float  # timing + epochs + evaluations
+    model: dict[str, Any] | None = None  # a budget_models entry's settings; None = `model`
 
     def overrides(self) -> str:
         """The same run without a budget (an `epochs` on the command line turns it off)."""
-        return f"epochs={self.epochs} eval_every={self.eval_every}"
+        return f"epochs={self.epochs} eval_every={self.eval_every}{model_overrides(self.model)}"
+
+
+def model_overrides(settings: dict[str, Any] | None) -> str:
+    return "".join(f" model.{k}={v}" for k, v in (settings or {}).items())
 
 
 def given(overrides: list[str], key: str) -> bool:
@@ -78,13 +88,36 @@ def settle(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
         cfg.budget_min = None
 
 
+def settle_models(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
+    """A model chosen on the command line (`model=...`), or a setting that `budget_models`
+    changes (`model.width1=24`), is what trains: `budget_models` is not used, in one line (a
+    preset's wider model must not replace it). Other settings (`model.bn_momentum`) keep it."""
+    if cfg.budget_min is None or not cfg.budget_models:
+        return
+    changed = {f"model.{name}" for entry in cfg.budget_models for name in entry.model}
+    keys = [str(o).split("=", 1)[0].lstrip("+~") for o in overrides]
+    mine = [k for k in keys if k == "model" or k in changed]
+    if mine:
+        log.info("%s given: budget_models is not used (the model as given)", ", ".join(mine))
+        with read_write(cfg), open_dict(cfg):
+            cfg.budget_models = None
+
+
 def decide(
     cfg: DictConfig, run_dir: Path, overrides: list[str], log: logging.Logger
 ) -> Budget | None:
     """Before anything is planned: an earlier attempt's choice (applied to `cfg`: a resume never
     times again; `epochs` on the command line trains the run on), else `settle`. None: no choice
     recorded (a budget still to size, or none)."""
+    settle_models(cfg, overrides, log)
     budget = recorded(run_dir, cfg.budget_min) if cfg.budget_min is not None else None
+    entries = [OmegaConf.to_container(e.model) for e in cfg.budget_models or []]
+    if budget is not None and budget.model is not None and budget.model not in entries:
+        raise RunDirError(
+            f"{run_dir} holds a budget record of a model this config's budget_models does not "
+            f"list ({model_overrides(budget.model).strip()}); rerun with the recorded "
+            "budget_models or use another directory"
+        )
     if budget is not None:
         apply(cfg, budget, further=given(overrides, "epochs"), log=log)
     else:
@@ -104,8 +137,14 @@ def recorded(run_dir: Path, minutes: float) -> Budget | None:
     try:
         budget = Budget(**found)
         counts = (budget.epochs, budget.eval_every)
-        valid = isinstance(budget.minutes, int | float) and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in counts
+        valid = (
+            isinstance(budget.minutes, int | float)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in counts)
+            and (budget.model is None or isinstance(budget.model, dict))
+            and all(
+                isinstance(k, str) and isinstance(v, int | float | str | bool)
+                for k, v in (budget.model or {}).items()
+            )
         )
     except TypeError:
         valid = False
@@ -133,6 +172,8 @@ def apply(
         if not further:
             cfg.epochs = budget.epochs
         cfg.eval_every = budget.eval_every
+        for name, value in (budget.model or {}).items():
+            cfg.model[name] = value
 
 
 def choose(
@@ -173,60 +214,82 @@ def choose(
     return e, k_e
 
 
+def check_models(cfg: DictConfig) -> None:
+    """Build each of `budget_models` once, before any run directory is touched: settings this
+    package's models refuse, or that contradict the data, are one line now, not after timing."""
+    from fmnist import CLASSES
+    from fmnist.models import build_model, check_fits_the_data, model_spec
+
+    if cfg.budget_min is None:
+        return
+    for entry in cfg.budget_models or []:
+        spec = model_spec(with_model(cfg, dict(entry.model)).model)
+        check_fits_the_data(build_model(spec), spec, len(CLASSES))
+
+
 def size_to_budget(
     cfg: DictConfig,
     run_dir: Path,
     log: logging.Logger,
     stop: StopOnSignal | None = None,
 ) -> Budget:
-    """Time a throwaway copy of the run and set `cfg.epochs` and `cfg.eval_every` to fit
-    `cfg.budget_min`; one line in the run's log says what was chosen and why. `stop`: a signal
-    meanwhile stops the timing at its next step."""
+    """Time a throwaway copy of the run (of each of `budget_models` in turn, until one fits its
+    `min_epochs`) and set `cfg.epochs`, `cfg.eval_every` (and the chosen model's settings) to fit
+    `cfg.budget_min`; one line in the run's log says what was chosen and why, one more per
+    model passed over. `stop`: a signal meanwhile stops the timing at its next step."""
     stop = stop or StopOnSignal()
     budget_s = cfg.budget_min * 60
-    start = time.perf_counter()
-    probe = throwaway(cfg, run_dir)
-    build_s = time.perf_counter() - start
-    warm_s, step_s = time_steps(probe, min(TIMING_MAX_S, TIMING_SHARE * budget_s), stop)
-    eval_s = time_evaluation(probe)
-    steps = probe.batches_per_epoch
-    epoch_s = step_s * steps + EPOCH_OVERHEAD_S
-    release(probe)
-    del probe
-    timing_s = time.perf_counter() - start
-    # before its first step the run is built again and warms up again (compiles, captures)
-    setup_s = timing_s + build_s + max(0.0, warm_s - WARM_UP_STEPS * step_s)
-    available = FILL * budget_s - setup_s
+    limit_s = min(TIMING_MAX_S, TIMING_SHARE * budget_s)
     every = None if evaluated_once(cfg) else cfg.eval_every
-    chosen = choose(epoch_s, eval_s, available, every, EVAL_SHARE * budget_s, ROW_S)
+    start = time.perf_counter()
+    candidates = [*(cfg.budget_models or []), None]  # None: `model` as set, the last resort
+    for i, candidate in enumerate(candidates):
+        settings = dict(candidate.model) if candidate is not None else None
+        t = time_model(with_model(cfg, settings) if settings else cfg, run_dir, limit_s, stop)
+        timing_s = time.perf_counter() - start
+        # before its first step the run is built again and warms up again (compiles, captures)
+        setup_s = timing_s + t.build_s + max(0.0, t.warm_s - WARM_UP_STEPS * t.step_s)
+        available = FILL * budget_s - setup_s
+        chosen = choose(t.epoch_s, t.eval_s, available, every, EVAL_SHARE * budget_s, ROW_S)
+        if candidate is None or (chosen is not None and chosen[0] >= candidate.min_epochs):
+            break
+        log.info(
+            "budget_min=%g: budget_models[%d] (%s) is not trained here: %d of its epochs fit, "
+            "fewer than its min_epochs=%d (an epoch %.2f s, an evaluation %.2f s)",
+            cfg.budget_min, i, model_overrides(settings).strip(), chosen[0] if chosen else 0,
+            candidate.min_epochs, t.epoch_s, t.eval_s,
+        )  # fmt: skip
     if chosen is None:
         # timing grows with the budget (TIMING_SHARE of it): the shortest budget that fits
-        need = (setup_s + epoch_s + eval_s) / (FILL - TIMING_SHARE)
+        need = (setup_s + t.epoch_s + t.eval_s) / (FILL - (i + 1) * TIMING_SHARE)
+        models = f" ({i + 1} models)" if i else ""
         raise ConfigError(
-            f"budget_min={cfg.budget_min} is too short here: timing took {timing_s:.1f} s, one "
-            f"epoch takes {epoch_s:.1f} s and an evaluation {eval_s:.1f} s; "
+            f"budget_min={cfg.budget_min} is too short here: timing{models} took {timing_s:.1f} s, one "
+            f"epoch takes {t.epoch_s:.1f} s and an evaluation {t.eval_s:.1f} s; "
             f"give at least budget_min={math.ceil(need / 60 * 100) / 100}"
         )
     epochs, eval_every = chosen
     evals = math.ceil(epochs / eval_every)
-    expected = setup_s + epochs * epoch_s + ROW_S * epochs**2 / 2 + evals * eval_s
+    expected = setup_s + epochs * t.epoch_s + ROW_S * epochs**2 / 2 + evals * t.eval_s
     budget = Budget(
         minutes=float(cfg.budget_min),
         epochs=epochs,
         eval_every=eval_every,
-        step_s=round(step_s, 5),
-        epoch_s=round(epoch_s, 3),
-        eval_s=round(eval_s, 3),
+        step_s=round(t.step_s, 5),
+        epoch_s=round(t.epoch_s, 3),
+        eval_s=round(t.eval_s, 3),
         timing_s=round(timing_s, 2),
         expected_s=round(expected, 1),
+        model=settings,
     )
     ignored = f"; the config's epochs={cfg.epochs} is not used" if cfg.epochs != epochs else ""
+    which = f"budget_models[{i}] ({model_overrides(settings).strip()}), " if settings else ""
     log.info(
-        "budget_min=%g (%.0f s): %d epochs, evaluated every %d (%d evaluations): an epoch %.2f s "
+        "budget_min=%g (%.0f s): %s%d epochs, evaluated every %d (%d evaluations): an epoch %.2f s "
         "(%d steps of %.1f ms), an evaluation %.2f s, timing %.1f s; expected %.0f s%s. "
         "The same run anywhere: %s",
-        cfg.budget_min, budget_s, epochs, eval_every, evals, epoch_s, steps,
-        step_s * 1000, eval_s, timing_s, budget.expected_s, ignored, budget.overrides(),
+        cfg.budget_min, budget_s, which, epochs, eval_every, evals, t.epoch_s, t.steps,
+        t.step_s * 1000, t.eval_s, timing_s, budget.expected_s, ignored, budget.overrides(),
     )  # fmt: skip
     apply(cfg, budget)
     return budget

@@ -17,12 +17,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from fmnist import CLASSES
 from fmnist.callbacks.base import Tracker
 from fmnist.callbacks.status import StatusCallback
-from fmnist.config import ConfigError
 from fmnist.data import build_data
 from fmnist.engine.graphs import load_optimizer_state, optimizer_options, want_graphs
 from fmnist.engine.param_groups import param_groups
 from fmnist.engine.runtime import configure, decide_bf16, pick_device, seed_everything
 from fmnist.engine.state import RunState, set_rng_state
+from fmnist.errors import ConfigError
 from fmnist.models import build_model, check_fits_the_data, count_parameters, model_spec
 
 FIT_IMAGES = 5000  # training images a model may fit itself to before training (whitening)

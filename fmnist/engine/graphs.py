@@ -16,7 +16,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from fmnist.config import ConfigError
+from fmnist.errors import ConfigError
 
 
 def _has_capturable_flag(optimizer_class: type) -> bool:

@@ -9,7 +9,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.config import validate
 from fmnist.engine import budget as budgets
 from fmnist.engine.build import build_run, restore
 from fmnist.engine.fit import fit_one
@@ -21,6 +20,7 @@ from fmnist.run import provenance
 from fmnist.run.directory import RunDirectory, write_hydra_files
 from fmnist.run.plan import clear_outputs, plan_run
 from fmnist.run.status import now
+from fmnist.validation import validate
 
 log = logging.getLogger("fmnist")
 
@@ -52,6 +52,7 @@ def check_config(cfg: DictConfig) -> None:
     """What must hold before a run directory is touched."""
     validate(cfg)
     check_spec(model_spec(cfg.model))  # only this package's models, before anything is touched
+    budgets.check_models(cfg)  # and budget_models' too
     check_not_stopped()
 
 

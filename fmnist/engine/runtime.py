@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from fmnist.config import ConfigError, cpu_cores
+from fmnist.config import cpu_cores
 from fmnist.cpu import NATIVE_BF16, cpu_flags
+from fmnist.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

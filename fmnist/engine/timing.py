@@ -10,6 +10,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,19 @@ from fmnist.engine.signals import StopOnSignal
 from fmnist.engine.state import RunState
 
 WARM_UP_STEPS = 3  # untimed first steps (allocations, kernel choices, a CUDA graph's capture)
+EPOCH_OVERHEAD_S = 0.05  # per epoch: results, checkpoint, TensorBoard (measured: 20-60 ms)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One model's timing (seconds): its throwaway build, warm-up, step, epoch and evaluation."""
+
+    build_s: float
+    warm_s: float
+    step_s: float
+    epoch_s: float
+    eval_s: float
+    steps: int
 
 
 def throwaway(cfg: DictConfig, run_dir: Path) -> RunState:
@@ -108,3 +122,26 @@ def time_evaluation(run: RunState) -> float:
         sync(run.device)
         total += (time.perf_counter() - start) / timed * n
     return total
+
+
+def time_model(cfg: DictConfig, run_dir: Path, limit_s: float, stop: StopOnSignal) -> Timing:
+    """Time a throwaway copy of the run: its steps for about `limit_s`, and one evaluation."""
+    start = time.perf_counter()
+    probe = throwaway(cfg, run_dir)
+    build_s = time.perf_counter() - start
+    warm_s, step_s = time_steps(probe, limit_s, stop)
+    eval_s = time_evaluation(probe)
+    steps = probe.batches_per_epoch
+    release(probe)
+    del probe
+    epoch_s = step_s * steps + EPOCH_OVERHEAD_S
+    return Timing(build_s, warm_s, step_s, epoch_s, eval_s, steps)
+
+
+def with_model(cfg: DictConfig, settings: dict[str, Any]) -> DictConfig:
+    """A copy of `cfg` whose model has these settings."""
+    out = copy.deepcopy(cfg)
+    with read_write(out), open_dict(out):
+        for name, value in settings.items():
+            out.model[name] = value
+    return out

@@ -47,8 +47,9 @@ class Job:
         output = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = os.path.abspath(output)
-        from fmnist.config import ConfigError, resolve
+        from fmnist.config import resolve
         from fmnist.engine.budget import decide
+        from fmnist.errors import ConfigError
         from fmnist.run.directory import RunDirError
 
         with hydra_config(config):

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from fmnist.callbacks.base import Callback, RunState
-from fmnist.config import ConfigError
+from fmnist.errors import ConfigError
 
 
 class TrialReport(Callback):
