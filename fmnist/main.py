@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
 import os
 import signal
 import sys
@@ -23,7 +24,7 @@ import fmnist.resolvers  # noqa: F401  (registers the resolvers conf/ uses)
 from fmnist.errors import EXPECTED, NonFiniteLossError
 from fmnist.paths import conf_dir
 from fmnist.run.status import objective
-from fmnist.validation import validate
+from fmnist.validation import settle_models, validate
 
 CONF_DIR = str(conf_dir())  # the wheel's fmnist/conf, or the checkout's conf/
 
@@ -33,6 +34,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     """Returns the objective (what an optimizing sweeper maximizes or minimizes)."""
     hydra_cfg = HydraConfig.get()
     try:
+        settle_models(cfg, list(hydra_cfg.overrides.task), logging.getLogger("fmnist"))
         validate(cfg)  # before torch is imported (~3 s): a value out of range is one line at once
         from fmnist.engine.runner import train
 

@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fmnist.config import Loader, cpu_cores
 from fmnist.errors import ConfigError
@@ -33,9 +34,27 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(" ".join(str(exc).split())) from None
 
 
+def settle_models(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
+    """A model chosen on the command line (`model=...`), or a setting that `budget_models`
+    changes (`model.width1=24`), is what trains: `budget_models` is not used, in one line (a
+    preset's wider model must not replace it). Other settings (`model.bn_momentum`) keep it."""
+    if cfg.budget_min is None or not cfg.budget_models:
+        return
+    changed = {f"model.{name}" for entry in cfg.budget_models for name in entry.model}
+    keys = [str(o).split("=", 1)[0].lstrip("+~") for o in overrides]
+    mine = [k for k in keys if k == "model" or k in changed]
+    if mine:
+        log.info("%s given: budget_models is not used (the model as given)", ", ".join(mine))
+        with read_write(cfg), open_dict(cfg):
+            cfg.budget_models = None
+
+
 def same_kind(value: Any, current: Any) -> bool:
     """Whether `value` may replace a model setting that is now `current` (None: not a setting)."""
-    if current is None or isinstance(value, bool) != isinstance(current, bool):
+    plain = (int, float, str, bool)
+    if not isinstance(value, plain) or not isinstance(current, plain):
+        return False
+    if isinstance(value, bool) != isinstance(current, bool):
         return False
     return type(value) is type(current) or isinstance(current, float) and type(value) is int
 
@@ -52,12 +71,14 @@ def _check_ranges(cfg: DictConfig) -> None:
         f"minutes of training, a number > 0 and at most {MAX_BUDGET_MIN} (a week), e.g. "
         "budget_min=10, or null to train `epochs`",
     )
-    for i, candidate in enumerate(cfg.budget_models or []):
+    used = cfg.budget_models if cfg.budget_min is not None else None  # else never timed
+    for i, candidate in enumerate(used or []):
         name = f"budget_models[{i}]"
         _check(
             candidate.min_epochs >= 1, f"{name}.min_epochs", candidate.min_epochs, "must be >= 1"
         )
-        settings, model = dict(candidate.model), cfg.model or {}
+        settings = OmegaConf.to_container(candidate.model, resolve=True)
+        model = OmegaConf.to_container(cfg.model, resolve=True) if cfg.model else {}
         wrong = [
             k for k, v in settings.items() if k.startswith("_") or not same_kind(v, model.get(k))
         ]

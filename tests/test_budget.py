@@ -12,7 +12,7 @@ from fmnist.config import evaluated_once
 from fmnist.engine.budget import choose, decide, recorded
 from fmnist.errors import ConfigError
 from fmnist.run.directory import RunDirError
-from fmnist.validation import validate
+from fmnist.validation import settle_models, validate
 from tests.conftest import compose_cfg, run_train
 from tests.test_resume import start, wait_for_epoch
 
@@ -116,14 +116,35 @@ def test_budget_models_wrong_in_type_or_range_are_one_line(tmp_path):
     # a run directory's record of a model that budget_models does not list: refused, not built
     cfg = compose_cfg([*base, "budget_models=[{model:{width:8}}]"])
     log = logging.getLogger("test")
-    for model in ({"w": 1}, {"width": "${oc.env:HOME}"}, {"width": 9}):
+    for model in (
+        {"w": 1},
+        {"width": "${oc.env:HOME}"},
+        {"width": 9},
+        {"width": 8.0},
+        {"width": True},
+    ):
         (tmp_path / "status.json").write_text(json.dumps({"budget": {**RECORD, "model": model}}))
         with pytest.raises(RunDirError, match="budget_models does not list"):
             decide(cfg, tmp_path, [], log)
     (tmp_path / "status.json").write_text(json.dumps({"budget": {**RECORD, "model": {"width": 8}}}))
     assert decide(cfg, tmp_path, [], log).model == {"width": 8}
     assert (cfg.model.width, cfg.epochs) == (8, 12)  # the recorded choice, applied
-    # a model given on the command line is the model trained: a preset's list is not used
+    # an entry's interpolation is recorded resolved, and its record is the entry again
+    cfg = compose_cfg([*base, "budget_models=[{model:{width:${batch_size}}}]"])
+    (tmp_path / "status.json").write_text(
+        json.dumps({"budget": {**RECORD, "model": {"width": 100}}})
+    )
+    assert decide(cfg, tmp_path, [], log).model == {"width": 100} and cfg.model.width == 100
+    # a model given on the command line is the model trained: a preset's list is not used, and
+    # is not checked against the other model (before validate, as the command line does it)
+    cfg = compose_cfg(["model=seed_cnn", "budget_min=1", "budget_models=[{model:{width:64}}]"])
+    with pytest.raises(ConfigError, match="not a setting|not: width"):
+        validate(cfg)
+    settle_models(cfg, ["model=seed_cnn"], log)
+    validate(cfg)
+    assert cfg.budget_models is None
+    with pytest.raises(RunDirError, match="a model given on the command line turns them off"):
+        decide(cfg, tmp_path, ["model=seed_cnn"], log)
     cfg = compose_cfg([*base, "budget_models=[{model:{width:8}}]", "model.width=16"])
     assert decide(cfg, tmp_path / "new", ["model.width=16"], log) is None
     assert cfg.budget_models is None and cfg.model.width == 16

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from fmnist.run.directory import RunDirError
 from fmnist.run.files import read_object
 from fmnist.run.provenance import PROVENANCE
 from fmnist.run.status import STATUS, read_status
+from fmnist.validation import settle_models
 
 FILL = 0.9  # the expected time aims at this share of the budget: noise must not push it over
 EVAL_SHARE = 0.1  # evaluations take at most this share (eval_every is widened otherwise)
@@ -88,21 +89,6 @@ def settle(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
         cfg.budget_min = None
 
 
-def settle_models(cfg: DictConfig, overrides: list[str], log: logging.Logger) -> None:
-    """A model chosen on the command line (`model=...`), or a setting that `budget_models`
-    changes (`model.width1=24`), is what trains: `budget_models` is not used, in one line (a
-    preset's wider model must not replace it). Other settings (`model.bn_momentum`) keep it."""
-    if cfg.budget_min is None or not cfg.budget_models:
-        return
-    changed = {f"model.{name}" for entry in cfg.budget_models for name in entry.model}
-    keys = [str(o).split("=", 1)[0].lstrip("+~") for o in overrides]
-    mine = [k for k in keys if k == "model" or k in changed]
-    if mine:
-        log.info("%s given: budget_models is not used (the model as given)", ", ".join(mine))
-        with read_write(cfg), open_dict(cfg):
-            cfg.budget_models = None
-
-
 def decide(
     cfg: DictConfig, run_dir: Path, overrides: list[str], log: logging.Logger
 ) -> Budget | None:
@@ -111,18 +97,34 @@ def decide(
     recorded (a budget still to size, or none)."""
     settle_models(cfg, overrides, log)
     budget = recorded(run_dir, cfg.budget_min) if cfg.budget_min is not None else None
-    entries = [OmegaConf.to_container(e.model) for e in cfg.budget_models or []]
-    if budget is not None and budget.model is not None and budget.model not in entries:
-        raise RunDirError(
-            f"{run_dir} holds a budget record of a model this config's budget_models does not "
-            f"list ({model_overrides(budget.model).strip()}); rerun with the recorded "
-            "budget_models or use another directory"
-        )
+    if budget is not None and budget.model is not None:
+        budget = replace(budget, model=listed(cfg, budget.model, run_dir))
     if budget is not None:
         apply(cfg, budget, further=given(overrides, "epochs"), log=log)
     else:
         settle(cfg, overrides, log)
     return budget
+
+
+def entries(cfg: DictConfig) -> list[dict[str, Any]]:
+    """`budget_models`' settings as plain values (interpolations resolved, as they are timed)."""
+    return [OmegaConf.to_container(e.model, resolve=True) for e in cfg.budget_models or []]
+
+
+def listed(cfg: DictConfig, settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The config's own entry that a record's settings name, value for value and of the same
+    type (a run directory is untrusted input: it may only choose among the config's entries)."""
+    for entry in entries(cfg):
+        if entry.keys() == settings.keys() and all(
+            type(settings[k]) is type(v) and settings[k] == v for k, v in entry.items()
+        ):
+            return entry
+    off = "" if cfg.budget_models else " (a model given on the command line turns them off)"
+    raise RunDirError(
+        f"{run_dir} holds a budget record of a model this config's budget_models does not list"
+        f"{off} ({model_overrides(settings).strip()}); rerun with the recorded command line or "
+        "use another directory"
+    )
 
 
 def recorded(run_dir: Path, minutes: float) -> Budget | None:
@@ -222,8 +224,8 @@ def check_models(cfg: DictConfig) -> None:
 
     if cfg.budget_min is None:
         return
-    for entry in cfg.budget_models or []:
-        spec = model_spec(with_model(cfg, dict(entry.model)).model)
+    for entry in entries(cfg):
+        spec = model_spec(with_model(cfg, entry).model)
         check_fits_the_data(build_model(spec), spec, len(CLASSES))
 
 
@@ -244,7 +246,7 @@ def size_to_budget(
     start = time.perf_counter()
     candidates = [*(cfg.budget_models or []), None]  # None: `model` as set, the last resort
     for i, candidate in enumerate(candidates):
-        settings = dict(candidate.model) if candidate is not None else None
+        settings = OmegaConf.to_container(candidate.model, resolve=True) if candidate else None
         t = time_model(with_model(cfg, settings) if settings else cfg, run_dir, limit_s, stop)
         timing_s = time.perf_counter() - start
         # before its first step the run is built again and warms up again (compiles, captures)
@@ -261,7 +263,7 @@ def size_to_budget(
         )  # fmt: skip
     if chosen is None:
         # timing grows with the budget (TIMING_SHARE of it): the shortest budget that fits
-        need = (setup_s + t.epoch_s + t.eval_s) / (FILL - (i + 1) * TIMING_SHARE)
+        need = (setup_s + t.epoch_s + t.eval_s) / max(FILL - (i + 1) * TIMING_SHARE, FILL / 2)
         models = f" ({i + 1} models)" if i else ""
         raise ConfigError(
             f"budget_min={cfg.budget_min} is too short here: timing{models} took {timing_s:.1f} s, one "

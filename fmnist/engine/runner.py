@@ -20,7 +20,7 @@ from fmnist.run import provenance
 from fmnist.run.directory import RunDirectory, write_hydra_files
 from fmnist.run.plan import clear_outputs, plan_run
 from fmnist.run.status import now
-from fmnist.validation import validate
+from fmnist.validation import settle_models, validate
 
 log = logging.getLogger("fmnist")
 
@@ -35,6 +35,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, hydra_cfg: Any = 
     if overrides is None:  # the command line's, as Hydra recorded it
         task = OmegaConf.select(hydra_cfg, "overrides.task") if hydra_cfg is not None else None
         overrides = [str(o) for o in task or []]
+    settle_models(cfg, overrides, log)  # a model given on the command line: budget_models off
     check_config(cfg)
     # from the claim on, a signal stops the run at its next batch; the claim comes before
     # anything is written: a second process is refused there
