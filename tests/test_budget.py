@@ -145,6 +145,10 @@ def test_budget_models_wrong_in_type_or_range_are_one_line(tmp_path):
     assert cfg.budget_models is None
     with pytest.raises(RunDirError, match="a model given on the command line turns them off"):
         decide(cfg, tmp_path, ["model=seed_cnn"], log)
+    # the recorded settings given on the command line: the same model, resumed
+    given = ["model=bn_cnn", "budget_min=1", "budget_models=[{model:{width:8}}]", "model.width=100"]
+    cfg = compose_cfg(given)
+    assert decide(cfg, tmp_path, ["model.width=100"], log).model == {"width": 100}
     cfg = compose_cfg([*base, "budget_models=[{model:{width:8}}]", "model.width=16"])
     assert decide(cfg, tmp_path / "new", ["model.width=16"], log) is None
     assert cfg.budget_models is None and cfg.model.width == 16

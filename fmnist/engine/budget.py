@@ -113,8 +113,10 @@ def entries(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def listed(cfg: DictConfig, settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The config's own entry that a record's settings name, value for value and of the same
-    type (a run directory is untrusted input: it may only choose among the config's entries)."""
-    for entry in entries(cfg):
+    type, or its model when that already has them (the settings given on the command line): a
+    run directory is untrusted input, it may only choose what the config holds."""
+    model = OmegaConf.to_container(cfg.model, resolve=True) if cfg.model else {}
+    for entry in [*entries(cfg), {k: model[k] for k in settings if k in model}]:  # or as given
         if entry.keys() == settings.keys() and all(
             type(settings[k]) is type(v) and settings[k] == v for k, v in entry.items()
         ):
